@@ -1,0 +1,195 @@
+"""Every use of a private Keras API in difflr lives in this module.
+
+difflr depends on Keras's public API everywhere else. The few places where Keras
+offers no public hook are gathered here so that a Keras upgrade has one file to
+check. Each function says which private name it touches.
+
+Checked against Keras 3.8.0 (the oldest supported release) through 3.15.1.
+
+The private names, and why each is unavoidable:
+
+- `optimizer.update_step(gradient, variable, learning_rate)`: documented for
+  subclasses, but a wrapper has to intercept it on an existing instance to
+  give each variable its own learning rate while the wrapped optimizer keeps
+  running its own `apply` (clipping, accumulation, EMA, distribution).
+- `optimizer._parallel_update_step(grads, variables, learning_rate)`: the torch
+  backend's fused (`torch._foreach_*`) update of many variables at one rate.
+- `optimizer._apply_weight_decay(variables)`: decoupled weight decay, which
+  must use each variable's own rate and decay multiplier.
+- `optimizer._var_key(variable)`: how the optimizer identifies a variable
+  (the TF backend passes `tf.Variable`s, not Keras variables, to
+  `update_step`).
+- `optimizer.add_variable_from_reference`: recorded during `build` to tell
+  per-variable slots from per-step global state (Nadam's `u_product`).
+- `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
+  the innermost layer out.
+"""
+
+import sys
+import warnings
+
+import keras
+
+OLDEST_KERAS = (3, 8, 0)
+NEWEST_CHECKED_KERAS = (3, 15, 1)
+
+
+def _version_tuple(version):
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def check_keras_version():
+    """Fails clearly on a Keras difflr cannot work with, warns on a new one."""
+    version = _version_tuple(keras.__version__)
+    if version < OLDEST_KERAS:
+        raise ImportError(
+            f"difflr needs Keras >= {'.'.join(map(str, OLDEST_KERAS))}, but "
+            f"Keras {keras.__version__} is installed. Upgrade it with "
+            "`pip install -U keras`."
+        )
+    base = keras.optimizers.Optimizer
+    missing = [
+        name
+        for name in ("update_step", "_apply_weight_decay", "_var_key",
+                     "add_variable_from_reference", "_backend_update_step")
+        if not hasattr(base, name)
+    ]
+    if missing or not hasattr(keras.layers.Layer, "_flatten_layers"):
+        raise ImportError(
+            f"difflr does not know Keras {keras.__version__}: the optimizer "
+            f"hooks it relies on ({', '.join(missing) or '_flatten_layers'}) "
+            "are gone. difflr was checked against Keras "
+            f"{'.'.join(map(str, OLDEST_KERAS))} to "
+            f"{'.'.join(map(str, NEWEST_CHECKED_KERAS))}; install one of "
+            "those or a newer difflr."
+        )
+    if version[:2] > NEWEST_CHECKED_KERAS[:2]:
+        warnings.warn(
+            f"difflr was checked against Keras up to "
+            f"{'.'.join(map(str, NEWEST_CHECKED_KERAS))}, and Keras "
+            f"{keras.__version__} is installed. Its hooks are present, so "
+            "difflr will run; please report any problem.",
+            stacklevel=3,
+        )
+
+
+def var_key(optimizer, variable):
+    """The key `optimizer` uses for `variable` (Keras or backend variable)."""
+    return optimizer._var_key(variable)
+
+
+def nested_layers(layer):
+    """`layer` and every layer nested in it, at any depth."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def has_fused_update(optimizer):
+    """Whether the optimizer updates many variables at once (torch backend)."""
+    return hasattr(optimizer, "_parallel_update_step")
+
+
+def build_recording_slots(optimizer, variables):
+    """Builds `optimizer` on `variables` and returns its slot variables.
+
+    A slot is an optimizer variable made for one model variable (a momentum,
+    an accumulator). Any other variable created by `build` is per-step global
+    state, which must advance once per step however many groups there are.
+    """
+    slots = []
+    original = optimizer.add_variable_from_reference
+
+    def recording(*args, **kwargs):
+        slot = original(*args, **kwargs)
+        slots.append(slot)
+        return slot
+
+    object.__setattr__(optimizer, "add_variable_from_reference", recording)
+    try:
+        optimizer.build(variables)
+    finally:
+        object.__delattr__(optimizer, "add_variable_from_reference")
+    return slots
+
+
+def install_update_hooks(optimizer, update_step, parallel_update_step):
+    """Routes `optimizer`'s per-variable and fused updates through difflr.
+
+    The hooks receive the original bound method as their first argument. The
+    optimizer's own weight decay is switched off: difflr applies it inside
+    the hooks, scaled per variable, at the same point of the step.
+    """
+    original_update = optimizer.update_step
+
+    def hooked_update_step(gradient, variable, learning_rate):
+        return update_step(original_update, gradient, variable, learning_rate)
+
+    object.__setattr__(optimizer, "update_step", hooked_update_step)
+    if has_fused_update(optimizer):
+        original_parallel = optimizer._parallel_update_step
+
+        def hooked_parallel(grads, variables, learning_rate):
+            return parallel_update_step(
+                original_parallel, grads, variables, learning_rate
+            )
+
+        object.__setattr__(optimizer, "_parallel_update_step", hooked_parallel)
+    object.__setattr__(optimizer, "_apply_weight_decay", lambda variables: None)
+
+
+def weight_decay_for(optimizer, variable):
+    """The weight decay the optimizer would apply to `variable`, or None.
+
+    Follows the optimizer's own rules: `exclude_from_weight_decay`, and Muon's
+    separate `adam_weight_decay` for the variables it trains with AdamW.
+    """
+    if not optimizer._use_weight_decay(variable):
+        return None
+    should_use_adamw = getattr(optimizer, "_should_use_adamw", None)
+    if should_use_adamw is not None and hasattr(optimizer, "adam_weight_decay"):
+        if should_use_adamw(variable):
+            return optimizer.adam_weight_decay
+    return optimizer.weight_decay
+
+
+def check_weight_decay_is_standard(optimizer):
+    """Raises if a custom `_apply_weight_decay` would be bypassed."""
+    if optimizer.weight_decay is None and not getattr(
+        optimizer, "adam_weight_decay", None
+    ):
+        return
+    impl = type(optimizer)._apply_weight_decay
+    module = getattr(impl, "__module__", "") or ""
+    if not module.startswith("keras."):
+        raise NotImplementedError(
+            f"{type(optimizer).__name__} overrides `_apply_weight_decay`, so "
+            "difflr cannot scale its weight decay per variable. Use "
+            "`weight_decay=None` on it, or derive from a Keras optimizer "
+            "without overriding `_apply_weight_decay`."
+        )
+
+
+def find_model(variables, max_depth=12):
+    """The Keras model that owns `variables`, found on the call stack.
+
+    `model.compile`/`fit`/`load_model` build the optimizer from inside a model
+    method, so the model is `self` a few frames up. Used only to resolve rules
+    that need the model's layers (layer classes); returns None when not found.
+    """
+    wanted = {id(v) for v in variables}
+    frame = sys._getframe(1)
+    seen = set()
+    for _ in range(max_depth):
+        if frame is None:
+            break
+        for value in frame.f_locals.values():
+            if isinstance(value, keras.Model) and id(value) not in seen:
+                seen.add(id(value))
+                owned = {id(v) for v in value.trainable_variables}
+                if wanted <= owned:
+                    return value
+        frame = frame.f_back
+    return None

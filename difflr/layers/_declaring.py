@@ -1,0 +1,139 @@
+"""Layers that declare their own learning-rate multipliers (Caffe's lr_mult).
+
+Each class here is a drop-in subclass of the Keras layer of the same name with
+four more arguments. When built, the layer writes its declaration onto its
+variables; an `LRMultiplier` reads it there with no rule map at all (an
+explicit rule given to the optimizer wins over a declaration).
+"""
+
+import inspect
+import warnings
+
+import keras
+
+from difflr import _rules
+from difflr.lr_multiplier import CLAIMED_ATTR
+from difflr.lr_multiplier import DECLARED_DECAY_ATTR
+from difflr.lr_multiplier import DECLARED_LR_ATTR
+
+_ARGS = ("kernel_lr_multiplier", "bias_lr_multiplier",
+         "kernel_decay_multiplier", "bias_decay_multiplier")
+# The article's (Keras 2 era) names, accepted as aliases.
+_ALIASES = {"W_learning_rate_multiplier": "kernel_lr_multiplier",
+            "b_learning_rate_multiplier": "bias_lr_multiplier"}
+
+
+class DeclaresMultipliers:
+    """Mixin: stores the four multiplier arguments and tags the variables."""
+
+    def __init__(self, *args, **kwargs):
+        declared = {name: kwargs.pop(name, None) for name in _ARGS}
+        for alias, name in _ALIASES.items():
+            value = kwargs.pop(alias, None)
+            if value is None:
+                continue
+            if declared[name] is not None and declared[name] != value:
+                raise ValueError(
+                    f"{type(self).__name__} got both {name}={declared[name]} "
+                    f"and its alias {alias}={value}; give only one."
+                )
+            declared[name] = value
+        super().__init__(*args, **kwargs)
+        for name, value in declared.items():
+            if value is not None:
+                value = _rules.check_value(
+                    value, name.replace("_", " "), f"layer '{self.name}'")
+            setattr(self, name, value)
+        self._difflr_warned = False
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        bias = getattr(self, "bias", None)
+        for variable in self.trainable_variables:
+            part = "bias" if variable is bias else "kernel"
+            lr = getattr(self, f"{part}_lr_multiplier")
+            decay = getattr(self, f"{part}_decay_multiplier")
+            if lr is not None:
+                setattr(variable, DECLARED_LR_ATTR, lr)
+            if decay is not None:
+                setattr(variable, DECLARED_DECAY_ATTR, decay)
+
+    def call(self, inputs, training=None):
+        if training and not self._difflr_warned:
+            self._warn_if_unclaimed()
+        if _takes_training(type(self)):
+            return super().call(inputs, training=training)
+        return super().call(inputs)
+
+    def _warn_if_unclaimed(self):
+        self._difflr_warned = True
+        declares = any(getattr(self, name) is not None for name in _ARGS)
+        claimed = all(getattr(v, CLAIMED_ATTR, False)
+                      for v in self.trainable_variables)
+        if declares and not claimed:
+            warnings.warn(
+                f"Layer '{self.name}' declares learning-rate multipliers, but "
+                "it is training under an optimizer that is not a "
+                "difflr.LRMultiplier, which ignores them. Compile with "
+                "`optimizer=difflr.LRMultiplier(...)`. (In a custom training "
+                "loop, call `optimizer.build(model.trainable_variables)` "
+                "before the first step to silence this.)",
+                stacklevel=2,
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in _ARGS})
+        return config
+
+
+def _takes_training(cls):
+    for base in cls.__mro__:
+        if base is not cls and "call" in vars(base) and base is not DeclaresMultipliers:
+            return "training" in inspect.signature(base.call).parameters
+    return False
+
+
+def declaring(base, kernel_words="kernel"):
+    """The `difflr.layers` counterpart of the Keras layer class `base`."""
+    name = base.__name__
+    cls = type(name, (DeclaresMultipliers, base), {
+        "__module__": "difflr.layers",
+        "__qualname__": name,
+        "__doc__": _DOC.format(name=name, kernel=kernel_words),
+    })
+    return keras.saving.register_keras_serializable(package="difflr")(cls)
+
+
+_DOC = """`keras.layers.{name}` with its own learning-rate multipliers.
+
+    A drop-in subclass of `keras.layers.{name}`: it takes every argument of
+    that layer, plus the four below. An `difflr.LRMultiplier` optimizer picks
+    the values up with no rule map; an explicit rule given to the optimizer
+    wins over them. With any other optimizer they have no effect, and the
+    layer warns when it trains.
+
+    Args:
+        kernel_lr_multiplier: Optional non-negative float: the learning-rate
+            multiplier of the {kernel}. `W_learning_rate_multiplier` is
+            accepted as an alias (the Keras 2 article's name).
+        bias_lr_multiplier: Optional non-negative float: the learning-rate
+            multiplier of the bias (alias `b_learning_rate_multiplier`).
+        kernel_decay_multiplier: Optional non-negative float: the weight-decay
+            multiplier of the {kernel} (Caffe's `decay_mult`).
+        bias_decay_multiplier: Optional non-negative float: the weight-decay
+            multiplier of the bias.
+        **kwargs: The arguments of `keras.layers.{name}`.
+
+    Example:
+
+    >>> import keras, difflr
+    >>> layer = difflr.layers.Dense(4, kernel_lr_multiplier=0.1,
+    ...                             bias_lr_multiplier=0.2)
+    >>> model = keras.Sequential([keras.Input((3,)), layer])
+    >>> opt = difflr.LRMultiplier("sgd")
+    >>> model.compile(optimizer=opt, loss="mse")
+    >>> opt.build(model.trainable_variables)
+    >>> opt.multiplier_for(layer.kernel), opt.multiplier_for(layer.bias)
+    (0.1, 0.2)
+    """

@@ -1,0 +1,538 @@
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from difflr import _keras_compat
+from difflr import _rules
+
+_LR = "learning-rate multiplier"
+_DECAY = "decay multiplier"
+# Where `difflr.layers` store a layer's own declaration on its variables.
+DECLARED_LR_ATTR = "_difflr_lr_multiplier"
+DECLARED_DECAY_ATTR = "_difflr_decay_multiplier"
+CLAIMED_ATTR = "_difflr_claimed"
+
+
+@keras.saving.register_keras_serializable(package="difflr")
+class LRMultiplier(keras.optimizers.Optimizer):
+    """Per-variable learning-rate multipliers for any Keras optimizer.
+
+    Wraps a Keras optimizer so that every variable trains at its own multiple
+    of one base learning rate, like Caffe's `lr_mult` and `decay_mult` or
+    PyTorch's parameter groups. With multiplier `m` and decay multiplier `d`,
+    a variable moves exactly as if it had its own copy of the wrapped
+    optimizer built with `learning_rate * m` and `weight_decay * d`:
+
+        lr_v = learning_rate(step) * m_v
+        v <- v - lr_v * d_v * weight_decay * v        (if weight decay is on)
+        v <- update_step(gradient_v, v, lr_v)         (the wrapped optimizer's)
+
+    Everything global stays global: one `iterations` counter, the learning
+    rate schedule evaluated once per step, `global_clipnorm` over all the
+    gradients together, loss scaling, gradient accumulation and EMA exactly as
+    the wrapped optimizer does them. The learning rate itself is scaled, never
+    the gradient: Adam, RMSprop and their kin ignore the scale of a gradient.
+
+    A multiplier of 0 freezes a variable. If it is 0 when the optimizer is
+    built, the variable gets no optimizer state at all (its gradient is
+    dropped as if it were not trainable), unless `keep_frozen_state=True`.
+    A variable set to 0 later keeps its state and stops moving from the next
+    step on, as a PyTorch parameter group with `lr=0` does.
+
+    Rule keys may be a `keras.Variable`, a layer or nested model (all its
+    variables, however deep), a string (an exact `variable.path`, else a
+    regular expression full-matched against the paths), a layer class, or a
+    callable `variable -> float | None`. The most specific rule wins:
+    variable > innermost layer > outer layer > exact path > regex > class >
+    callable > the layer's own declaration (`difflr.layers`) > 1.0. Two rules
+    of the same rank that disagree on a variable, and a rule that matches no
+    trainable variable, are errors. Rules resolve when the optimizer is built.
+
+    Args:
+        optimizer: The optimizer to wrap: a `keras.optimizers.Optimizer`
+            instance, or a name such as `"adam"`. The wrapper takes it over:
+            do not use it on its own afterwards.
+        multipliers: Optional rule map (a dict, or a list of `(key, value)`
+            pairs) from rules to learning-rate multipliers.
+        decay_multipliers: Optional rule map to weight-decay multipliers
+            (Caffe's `decay_mult`). The effective decay of a variable is
+            `weight_decay * m * d`, scaled by its learning rate as usual.
+        keep_frozen_state: If `True`, variables whose multiplier is 0 when
+            the optimizer is built still get optimizer state, so that
+            `set_multipliers` can unfreeze them later inside the same
+            compiled training. Defaults to `False` (frozen costs nothing).
+        name: Optional name. Defaults to `"lr_multiplier"`.
+
+    Example:
+
+    >>> import keras, difflr
+    >>> body = keras.Sequential([keras.layers.Dense(8, activation="relu")],
+    ...                         name="body")
+    >>> head = keras.layers.Dense(1, name="head")
+    >>> model = keras.Sequential([keras.Input((4,)), body, head])
+    >>> opt = difflr.LRMultiplier(keras.optimizers.Adam(1e-3),
+    ...                           {body: 0.1, "head/bias": 2.0})
+    >>> model.compile(optimizer=opt, loss="mse")
+    >>> _ = model.fit(keras.ops.ones((8, 4)), keras.ops.zeros((8, 1)),
+    ...               epochs=1, verbose=0)
+    >>> opt.multiplier_for(body.layers[0].kernel)
+    0.1
+    >>> opt.multiplier_for(head.bias)
+    2.0
+    >>> opt.set_multipliers({body: 0.5})  # effective from the next step
+    >>> opt.multiplier_for(body.layers[0].kernel)
+    0.5
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        multipliers=None,
+        decay_multipliers=None,
+        keep_frozen_state=False,
+        name=None,
+        **kwargs,
+    ):
+        saved = kwargs.pop("saved_resolution", None)
+        if kwargs:
+            raise TypeError(
+                f"LRMultiplier got unexpected arguments {sorted(kwargs)}. "
+                "Clipping, EMA, loss scaling and gradient accumulation belong "
+                "to the wrapped optimizer: set them there."
+            )
+        inner = _wrapped_optimizer(optimizer)
+        super().__init__(learning_rate=0.0, name=name or "lr_multiplier")
+        self.inner_optimizer = inner
+        self.keep_frozen_state = bool(keep_frozen_state)
+        self._lr_rules = _rules.parse(multipliers, _LR)
+        self._decay_rules = _rules.parse(decay_multipliers, _DECAY)
+        self._saved = saved
+        self._version = 0
+        self._host_cache = None
+        self._group_cache = None
+        self._model_ref = None
+
+    # The wrapped optimizer owns the base rate and the step counter.
+
+    @property
+    def learning_rate(self):
+        """The base learning rate: each variable trains at a multiple of it."""
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def loss_scale_factor(self):
+        inner = self.__dict__.get("inner_optimizer")
+        return None if inner is None else inner.loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        # `BaseOptimizer.__init__` sets None before the inner optimizer exists;
+        # `LossScaleOptimizer` sets None to own loss scaling itself.
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is not None:
+            inner.loss_scale_factor = value
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    @property
+    def variables(self):
+        own = [self._lr_multipliers, self._decay_multipliers] if self.built else []
+        return own + self.inner_optimizer.variables
+
+    def build(self, var_list):
+        """Resolves the rules for `var_list` and builds the wrapped optimizer.
+
+        Args:
+            var_list: The model's trainable variables. `model.compile` and
+                `model.fit` call this for you.
+        """
+        if self.built:
+            return
+        var_list = list(var_list)
+        super().build(var_list)
+        model = _keras_compat.find_model(var_list)
+        self._model_ref = None if model is None else weakref.ref(model)
+        lr_values, decay_values = self._resolve(var_list, model)
+
+        self._active_positions = [
+            i for i, m in enumerate(lr_values) if m != 0 or self.keep_frozen_state
+        ]
+        if not self._active_positions:
+            raise ValueError(
+                "Every trainable variable has learning-rate multiplier 0, so "
+                "there is nothing to train. Set `trainable=False` on frozen "
+                "layers, or pass `keep_frozen_state=True` to unfreeze later."
+            )
+        active = [var_list[i] for i in self._active_positions]
+        inner = self.inner_optimizer
+        _keras_compat.check_weight_decay_is_standard(inner)
+        with keras.name_scope(self.name):
+            slots = _keras_compat.build_recording_slots(inner, active)
+            n = len(active)
+            self._lr_multipliers = self.add_variable(
+                shape=(n,), initializer="zeros", dtype="float32",
+                name="lr_multipliers")
+            self._decay_multipliers = self.add_variable(
+                shape=(n,), initializer="zeros", dtype="float32",
+                name="decay_multipliers")
+        self._lr_values, self._decay_values = lr_values, decay_values
+        self._write_vectors()
+
+        slot_ids = {id(s) for s in slots}
+        fixed_ids = {id(inner._iterations), id(inner._learning_rate)}
+        # Per-step state outside the slots (Nadam's `u_product`): advanced
+        # once per step, not once per group of equal multipliers.
+        self._global_state = [
+            v for v in inner.variables
+            if id(v) not in slot_ids and id(v) not in fixed_ids
+        ]
+        self._active_index = {
+            _keras_compat.var_key(inner, v): j for j, v in enumerate(active)
+        }
+        self._weight_decay = [
+            _keras_compat.weight_decay_for(inner, v) for v in active
+        ]
+        self._is_torch = keras.backend.backend() == "torch"
+        for v in var_list:
+            setattr(v, CLAIMED_ATTR, True)
+        _keras_compat.install_update_hooks(
+            inner, self._hooked_update_step, self._hooked_parallel_update_step
+        )
+
+    def _resolve(self, var_list, model):
+        saved_lr = saved_decay = None
+        if self._saved is not None:
+            saved_lr, saved_decay = _check_saved(self._saved, var_list)
+        lr, _ = _rules.resolve(var_list, self._lr_rules, _LR, model,
+                               saved_lr, DECLARED_LR_ATTR)
+        decay, _ = _rules.resolve(var_list, self._decay_rules, _DECAY, model,
+                                  saved_decay, DECLARED_DECAY_ATTR)
+        return lr, decay
+
+    def _write_vectors(self):
+        positions = self._active_positions
+        self._lr_multipliers.assign(
+            np.array([self._lr_values[i] for i in positions], "float32"))
+        self._decay_multipliers.assign(
+            np.array([self._decay_values[i] for i in positions], "float32"))
+        self._version += 1
+
+    # The step. The wrapped optimizer runs its own `apply`; only the
+    # per-variable learning rate and weight decay go through these hooks.
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "LRMultiplier.apply was called without variables before "
+                    "the optimizer was built. Pass `trainable_variables`, or "
+                    "call `optimizer.build(model.trainable_variables)` first."
+                )
+            trainable_variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name):
+                    self.build(trainable_variables)
+            self._check_variables_are_known(trainable_variables)
+        grads = list(grads)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(
+                f"LRMultiplier.apply received {len(grads)} gradients for "
+                f"{len(trainable_variables)} variables."
+            )
+        inner = self.inner_optimizer
+        pairs = [
+            (g, v) for g, v in zip(grads, trainable_variables)
+            if _keras_compat.var_key(inner, v) in self._active_index
+        ]
+        if pairs:
+            inner.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+    def _multipliers(self, index):
+        """(lr multiplier, decay multiplier) of the active variable `index`.
+
+        On TensorFlow and JAX they are read from optimizer variables inside
+        the compiled step, so that `set_multipliers` needs no retracing. The
+        torch backend runs eagerly: it uses host floats, re-read only when
+        the multipliers change.
+        """
+        if self._is_torch:
+            lr, decay = self._host_multipliers()
+            return lr[index], decay[index]
+        return self._lr_multipliers[index], self._decay_multipliers[index]
+
+    def _host_multipliers(self):
+        if self._host_cache is None or self._host_cache[0] != self._version:
+            lr = ops.convert_to_numpy(self._lr_multipliers).tolist()
+            decay = ops.convert_to_numpy(self._decay_multipliers).tolist()
+            self._host_cache = (self._version, lr, decay)
+        return self._host_cache[1], self._host_cache[2]
+
+    def _hooked_update_step(self, update_step, gradient, variable, learning_rate):
+        inner = self.inner_optimizer
+        index = self._active_index.get(_keras_compat.var_key(inner, variable))
+        if index is None:
+            return update_step(gradient, variable, learning_rate)
+        m, d = self._multipliers(index)
+        lr = learning_rate * m
+        weight_decay = self._weight_decay[index]
+        if weight_decay is not None:
+            coefficient = ops.cast(lr * d * weight_decay, variable.dtype)
+            inner.assign(variable, variable - variable * coefficient)
+        return update_step(gradient, variable, lr)
+
+    def _hooked_parallel_update_step(self, parallel_update_step, grads,
+                                     variables, learning_rate):
+        import torch
+
+        groups = self._torch_groups(variables)
+        restore = self._global_state if len(groups) > 1 else ()
+        start = [v.value.clone() for v in restore]
+        for k, ((m, d, weight_decay), positions) in enumerate(groups):
+            for v, value in zip(restore, start) if k else ():
+                v.value.copy_(value)
+            group = [variables[p] for p in positions]
+            lr = learning_rate * m
+            if weight_decay is not None:
+                torch._foreach_mul_([v.value for v in group],
+                                    1 - weight_decay * d * lr)
+            parallel_update_step([grads[p] for p in positions], group, lr)
+
+    def _torch_groups(self, variables):
+        """Positions in `variables` grouped by equal (m, d, weight decay)."""
+        signature = (self._version, tuple(map(id, variables)))
+        if self._group_cache is not None and self._group_cache[0] == signature:
+            return self._group_cache[1]
+        lr, decay = self._host_multipliers()
+        inner = self.inner_optimizer
+        groups = {}
+        for p, v in enumerate(variables):
+            j = self._active_index[_keras_compat.var_key(inner, v)]
+            wd = self._weight_decay[j]
+            key = (lr[j], decay[j] if wd is not None else None, wd)
+            groups.setdefault(key, []).append(p)
+        result = list(groups.items())
+        self._group_cache = (signature, result)
+        return result
+
+    def finalize_variable_values(self, var_list):
+        inner = self.inner_optimizer
+        self.inner_optimizer.finalize_variable_values([
+            v for v in var_list
+            if _keras_compat.var_key(inner, v) in self._active_index
+        ])
+
+    # Reading and changing multipliers.
+
+    def multiplier_for(self, variable):
+        """The learning-rate multiplier in force for `variable`.
+
+        Args:
+            variable: One of the model's trainable variables.
+
+        Returns:
+            The multiplier, a Python float.
+        """
+        return self._lr_values[self._position(variable)]
+
+    def decay_multiplier_for(self, variable):
+        """The weight-decay multiplier in force for `variable`.
+
+        Args:
+            variable: One of the model's trainable variables.
+
+        Returns:
+            The decay multiplier, a Python float.
+        """
+        return self._decay_values[self._position(variable)]
+
+    def _position(self, variable):
+        if not self.built:
+            raise ValueError(
+                "The optimizer is not built yet, so rules are not resolved. "
+                "Compile and fit the model, or call "
+                "`optimizer.build(model.trainable_variables)`."
+            )
+        key = self._var_key(variable)
+        if key not in self._trainable_variables_indices:
+            raise ValueError(
+                f"{getattr(variable, 'path', variable)!r} is not one of the "
+                "trainable variables this optimizer was built for."
+            )
+        return self._trainable_variables_indices[key]
+
+    def set_multipliers(self, multipliers=None, decay_multipliers=None):
+        """Changes some rules; the new values apply from the next step.
+
+        The given rules replace the rules with the same keys and join the
+        others; all rules are then resolved again. Inside a compiled `fit`
+        (`jit_compile=True`, `tf.function`, JAX) nothing is retraced and no
+        optimizer state is reset. From a callback on the JAX backend, reach
+        the optimizer as `self.model.optimizer`, which syncs the training
+        state first.
+
+        Args:
+            multipliers: Optional rule map of learning-rate multipliers.
+            decay_multipliers: Optional rule map of decay multipliers.
+
+        Raises:
+            ValueError: if a variable that was frozen (multiplier 0) when the
+                optimizer was built, and so has no optimizer state, would get
+                a non-zero multiplier. Build with `keep_frozen_state=True` to
+                unfreeze later.
+        """
+        lr_rules = _rules.merge(self._lr_rules, _rules.parse(multipliers, _LR))
+        decay_rules = _rules.merge(
+            self._decay_rules, _rules.parse(decay_multipliers, _DECAY))
+        if self.built:
+            model = None if self._model_ref is None else self._model_ref()
+            old = (self._lr_rules, self._decay_rules)
+            self._lr_rules, self._decay_rules = lr_rules, decay_rules
+            try:
+                lr_values, decay_values = self._resolve(
+                    self._trainable_variables, model)
+                active = set(self._active_positions)
+                for i, m in enumerate(lr_values):
+                    if m != 0 and i not in active:
+                        raise ValueError(
+                            f"Variable '{self._trainable_variables[i].path}' "
+                            "had multiplier 0 when the optimizer was built, "
+                            "so it has no optimizer state and cannot be "
+                            f"given multiplier {m} now. Build the optimizer "
+                            "with `keep_frozen_state=True` to unfreeze "
+                            "variables later, or compile the model again "
+                            "with a new optimizer."
+                        )
+            except Exception:
+                self._lr_rules, self._decay_rules = old
+                raise
+            self._lr_values, self._decay_values = lr_values, decay_values
+            self._write_vectors()
+        self._lr_rules, self._decay_rules = lr_rules, decay_rules
+
+    # Saving.
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._read_vectors()
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self._read_vectors()
+
+    def _read_vectors(self):
+        """Refreshes the host-side mirror after the vectors were restored."""
+        if not self.built:
+            return
+        lr = ops.convert_to_numpy(self._lr_multipliers).tolist()
+        decay = ops.convert_to_numpy(self._decay_multipliers).tolist()
+        for j, i in enumerate(self._active_positions):
+            self._lr_values[i], self._decay_values[i] = lr[j], decay[j]
+        self._version += 1
+
+    def get_config(self):
+        lr_rules, decay_rules, saved = self._lr_rules, self._decay_rules, None
+        if self.built:
+            # Once built, the resolution is what counts: rules whose keys are
+            # objects or callables cannot be saved, and Keras gives variables
+            # new paths when a model is loaded, so path rules could match
+            # differently. The table is matched by position and shape.
+            lr_rules, decay_rules = [], []
+            saved = {
+                "paths": [v.path for v in self._trainable_variables],
+                "shapes": [list(v.shape) for v in self._trainable_variables],
+                "multipliers": list(self._lr_values),
+                "decay_multipliers": list(self._decay_values),
+            }
+        elif self._saved is not None:
+            saved = self._saved
+        elif (_rules.needs_resolution_to_save(lr_rules)
+              or _rules.needs_resolution_to_save(decay_rules)):
+            raise ValueError(
+                "This LRMultiplier has rules that can only be saved once "
+                "resolved (layers, variables, callables or unregistered "
+                "classes), and it is not built yet. Build it first (fit the "
+                "model, or call `model.optimizer.build("
+                "model.trainable_variables)`), or use string rules."
+            )
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(
+                self.inner_optimizer),
+            "multipliers": _rules.to_config(lr_rules),
+            "decay_multipliers": _rules.to_config(decay_rules),
+            "keep_frozen_state": self.keep_frozen_state,
+            "saved_resolution": saved,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.optimizers.deserialize(
+            config.pop("optimizer"), custom_objects=custom_objects)
+        for key in ("multipliers", "decay_multipliers"):
+            config[key] = _rules.from_config(config.get(key) or [],
+                                             custom_objects)
+        return cls(inner, **config)
+
+
+def _wrapped_optimizer(optimizer):
+    if isinstance(optimizer, LRMultiplier):
+        raise ValueError(
+            "The optimizer is already an LRMultiplier; give all rules to one "
+            "LRMultiplier instead of nesting them."
+        )
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "Wrap the plain optimizer, not a LossScaleOptimizer: under a "
+            "mixed_float16 policy `model.compile` adds loss scaling around "
+            "LRMultiplier itself, or write "
+            "`keras.optimizers.LossScaleOptimizer(difflr.LRMultiplier(...))`."
+        )
+    multi = getattr(keras.optimizers, "MultiOptimizer", None)
+    if multi is not None and isinstance(optimizer, multi):
+        raise ValueError(
+            "LRMultiplier cannot wrap a MultiOptimizer. Wrap one optimizer and "
+            "give each group its multiplier instead."
+        )
+    if isinstance(optimizer, (str, dict)):
+        optimizer = keras.optimizers.get(optimizer)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "LRMultiplier wraps a Keras optimizer: an instance of "
+            "keras.optimizers.Optimizer or a name such as 'adam'. Received "
+            f"{optimizer!r} of type {type(optimizer).__name__}."
+        )
+    if optimizer.built:
+        raise ValueError(
+            f"The optimizer '{optimizer.name}' is already built for some "
+            "variables. Wrap a fresh optimizer: LRMultiplier builds it for "
+            "the variables that are not frozen."
+        )
+    return optimizer
+
+
+def _check_saved(saved, var_list):
+    shapes = [list(v.shape) for v in var_list]
+    if saved["shapes"] != shapes:
+        raise ValueError(
+            "This LRMultiplier was saved for a model with "
+            f"{len(saved['shapes'])} trainable variables (first: "
+            f"{list(zip(saved['paths'], saved['shapes']))[:3]}), but it is "
+            f"being built for {len(shapes)} others (first: "
+            f"{[(v.path, s) for v, s in zip(var_list, shapes)][:3]}). Load it "
+            "with the model it was saved with."
+        )
+    return saved["multipliers"], saved["decay_multipliers"]
