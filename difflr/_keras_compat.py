@@ -19,7 +19,8 @@ The private names, and why each is unavoidable:
 - `optimizer._var_key(variable)`: how the optimizer identifies a variable
   (the TF backend passes `tf.Variable`s, not Keras variables, to
   `update_step`).
-- `optimizer.add_variable_from_reference`: recorded during `build` to tell
+- the optimizer's slot lists (`_momentums`, `_velocities`, Adafactor's `_r`,
+  ...): found by shape, to pause a variable whose multiplier is 0 and to tell
   per-variable slots from per-step global state (Nadam's `u_product`).
 - `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out.
@@ -92,26 +93,32 @@ def has_fused_update(optimizer):
     return hasattr(optimizer, "_parallel_update_step")
 
 
-def build_recording_slots(optimizer, variables):
-    """Builds `optimizer` on `variables` and returns its slot variables.
+def per_variable_slots(optimizer, variables):
+    """The optimizer's slot variables of each of the `variables` it was built
+    on: `slots[i]` lists the momentums, accumulators, EMA averages... of
+    variable `i`.
 
-    A slot is an optimizer variable made for one model variable (a momentum,
-    an accumulator). Any other variable created by `build` is per-step global
-    state, which must advance once per step however many groups there are.
+    Keras optimizers keep slots in lists aligned with their variables (looked
+    up with `_get_variable_index`), with None where a variable has none, so
+    that is what this looks for among the optimizer's attributes.
     """
-    slots = []
-    original = optimizer.add_variable_from_reference
-
-    def recording(*args, **kwargs):
-        slot = original(*args, **kwargs)
-        slots.append(slot)
-        return slot
-
-    object.__setattr__(optimizer, "add_variable_from_reference", recording)
-    try:
-        optimizer.build(variables)
-    finally:
-        object.__delattr__(optimizer, "add_variable_from_reference")
+    count = len(variables)
+    slots = [[] for _ in range(count)]
+    for value in vars(optimizer).values():
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+            continue
+        try:
+            items = list(value)
+        except TypeError:
+            continue
+        if len(items) != count or not any(isinstance(x, keras.Variable) for x in items):
+            continue
+        if any(x is v for x, v in zip(items, variables)):
+            continue  # the optimizer's own list of the model variables
+        if all(x is None or isinstance(x, keras.Variable) for x in items):
+            for i, slot in enumerate(items):
+                if slot is not None:
+                    slots[i].append(slot)
     return slots
 
 

@@ -178,7 +178,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         inner = self.inner_optimizer
         _keras_compat.check_weight_decay_is_standard(inner)
         with keras.name_scope(self.name):
-            slots = _keras_compat.build_recording_slots(inner, active)
+            inner.build(active)
             n = len(active)
             self._lr_multipliers = self.add_variable(
                 shape=(n,), initializer="zeros", dtype="float32",
@@ -189,7 +189,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._lr_values, self._decay_values = lr_values, decay_values
         self._write_vectors()
 
-        slot_ids = {id(s) for s in slots}
+        self._slots = _keras_compat.per_variable_slots(inner, active)
+        slot_ids = {id(s) for slots in self._slots for s in slots}
         fixed_ids = {id(inner._iterations), id(inner._learning_rate)}
         # Per-step state outside the slots (Nadam's `u_product`): advanced
         # once per step, not once per group of equal multipliers.
@@ -286,21 +287,52 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if index is None:
             return update_step(gradient, variable, learning_rate)
         m, d = self._multipliers(index)
+        if self._is_torch:
+            if m != 0:  # 0 pauses: no update, no decay, state untouched
+                self._decay_and_update(update_step, gradient, variable,
+                                       learning_rate, index, m, d)
+            return
+        # Inside a compiled step m is a tensor: run the update, then keep the
+        # old values of the variable and its slots wherever m is 0. (Not
+        # "update at lr 0": Keras's SGD keeps the rate inside its velocity
+        # and Ftrl divides by it.)
+        targets = [variable] + self._slots[index]
+        before = [ops.copy(_read(t)) for t in targets]
+        self._decay_and_update(update_step, gradient, variable, learning_rate,
+                               index, m, d)
+        paused = ops.equal(m, 0)
+        for target, old in zip(targets, before):
+            inner.assign(target, ops.where(paused, old, _read(target)))
+
+    def _decay_and_update(self, update_step, gradient, variable, learning_rate,
+                          index, m, d):
         lr = learning_rate * m
         weight_decay = self._weight_decay[index]
         if weight_decay is not None:
             coefficient = ops.cast(lr * d * weight_decay, variable.dtype)
-            inner.assign(variable, variable - variable * coefficient)
-        return update_step(gradient, variable, lr)
+            self.inner_optimizer.assign(variable, variable - variable * coefficient)
+        update_step(gradient, variable, lr)
 
     def _hooked_parallel_update_step(self, parallel_update_step, grads,
                                      variables, learning_rate):
         import torch
 
         groups = self._torch_groups(variables)
-        restore = self._global_state if len(groups) > 1 else ()
+        running = [g for g in groups if g[0][0] != 0]  # 0 pauses the group
+        if not running and self._global_state:
+            # Everything is paused, but per-step global state must still
+            # advance: run one group and put its variables and slots back.
+            (_, positions), = groups[:1]
+            keep = [t for p in positions for t in self._targets(variables[p])]
+            saved = [t.value.clone() for t in keep]
+            parallel_update_step([grads[p] for p in positions],
+                                 [variables[p] for p in positions], learning_rate)
+            for t, value in zip(keep, saved):
+                t.value.copy_(value)
+            return
+        restore = self._global_state if len(running) > 1 else ()
         start = [v.value.clone() for v in restore]
-        for k, ((m, d, weight_decay), positions) in enumerate(groups):
+        for k, ((m, d, weight_decay), positions) in enumerate(running):
             for v, value in zip(restore, start) if k else ():
                 v.value.copy_(value)
             group = [variables[p] for p in positions]
@@ -309,6 +341,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 torch._foreach_mul_([v.value for v in group],
                                     1 - weight_decay * d * lr)
             parallel_update_step([grads[p] for p in positions], group, lr)
+
+    def _targets(self, variable):
+        index = self._active_index[_keras_compat.var_key(self.inner_optimizer, variable)]
+        return [variable] + self._slots[index]
 
     def _torch_groups(self, variables):
         """Positions in `variables` grouped by equal (m, d, weight decay)."""
@@ -486,6 +522,11 @@ class LRMultiplier(keras.optimizers.Optimizer):
             config[key] = _rules.from_config(config.get(key) or [],
                                              custom_objects)
         return cls(inner, **config)
+
+
+def _read(variable):
+    """The current value of a Keras or backend variable, as a tensor."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def _wrapped_optimizer(optimizer):

@@ -1,0 +1,29 @@
+"""Shared test helpers. The backend comes from KERAS_BACKEND (see run_tests.py)."""
+
+import numpy as np
+import pytest
+import keras
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_reset():
+    """Every test starts from the same seeds and a clean Keras session."""
+    keras.utils.set_random_seed(1234)
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+def backend():
+    return keras.backend.backend()
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def assert_close(actual, expected, rtol=2e-5, atol=2e-6, what=""):
+    np.testing.assert_allclose(
+        to_numpy(actual), to_numpy(expected), rtol=rtol, atol=atol, err_msg=what
+    )
