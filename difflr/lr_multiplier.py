@@ -177,17 +177,19 @@ class LRMultiplier(keras.optimizers.Optimizer):
         active = [var_list[i] for i in self._active_positions]
         inner = self.inner_optimizer
         _keras_compat.check_weight_decay_is_standard(inner)
+        self._lr_values, self._decay_values = lr_values, decay_values
+        n = len(active)
         with keras.name_scope(self.name):
             inner.build(active)
-            n = len(active)
+            # Keras may build inside a scope that defers variable creation,
+            # where an `assign` right after `add_variable` would be lost: the
+            # values go in through the initializer.
             self._lr_multipliers = self.add_variable(
-                shape=(n,), initializer="zeros", dtype="float32",
-                name="lr_multipliers")
+                shape=(n,), initializer=self._initializer(lr_values),
+                dtype="float32", name="lr_multipliers")
             self._decay_multipliers = self.add_variable(
-                shape=(n,), initializer="zeros", dtype="float32",
-                name="decay_multipliers")
-        self._lr_values, self._decay_values = lr_values, decay_values
-        self._write_vectors()
+                shape=(n,), initializer=self._initializer(decay_values),
+                dtype="float32", name="decay_multipliers")
 
         self._slots = _keras_compat.per_variable_slots(inner, active)
         slot_ids = {id(s) for slots in self._slots for s in slots}
@@ -220,6 +222,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         decay, _ = _rules.resolve(var_list, self._decay_rules, _DECAY, model,
                                   saved_decay, DECLARED_DECAY_ATTR)
         return lr, decay
+
+    def _initializer(self, values):
+        vector = np.array([values[i] for i in self._active_positions], "float32")
+        return lambda shape, dtype: ops.cast(vector, dtype)
 
     def _write_vectors(self):
         positions = self._active_positions
@@ -381,7 +387,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         Returns:
             The multiplier, a Python float.
         """
-        return self._lr_values[self._position(variable)]
+        position = self._position(variable)
+        return self._lr_values[position]
 
     def decay_multiplier_for(self, variable):
         """The weight-decay multiplier in force for `variable`.
@@ -392,7 +399,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         Returns:
             The decay multiplier, a Python float.
         """
-        return self._decay_values[self._position(variable)]
+        position = self._position(variable)
+        return self._decay_values[position]
 
     def _position(self, variable):
         if not self.built:
