@@ -480,10 +480,14 @@ class LRMultiplier(keras.optimizers.Optimizer):
         """Refreshes the host-side mirror after the vectors were restored."""
         if not self.built:
             return
-        lr = ops.convert_to_numpy(self._lr_multipliers).tolist()
-        decay = ops.convert_to_numpy(self._decay_multipliers).tolist()
+        lr = ops.convert_to_numpy(self._lr_multipliers)
+        decay = ops.convert_to_numpy(self._decay_multipliers)
         for j, i in enumerate(self._active_positions):
-            self._lr_values[i], self._decay_values[i] = lr[j], decay[j]
+            # Keep the exact Python value where the float32 copy agrees.
+            if np.float32(self._lr_values[i]) != lr[j]:
+                self._lr_values[i] = float(lr[j])
+            if np.float32(self._decay_values[i]) != decay[j]:
+                self._decay_values[i] = float(decay[j])
         self._version += 1
 
     def get_config(self):

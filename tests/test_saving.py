@@ -1,0 +1,132 @@
+"""model.save / keras.models.load_model round trips, with no custom_objects."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import keras
+
+import difflr
+from conftest import assert_close, to_numpy
+
+
+def _model():
+    inputs = keras.Input((4,))
+    body = keras.Sequential([keras.layers.Dense(6, activation="tanh"),
+                             keras.layers.Dense(5, activation="tanh")], name="body")
+    outputs = keras.layers.Dense(2, name="head")(body(inputs))
+    return keras.Model(inputs, outputs), body
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
+
+
+def _compiled(body_rule_value=0.1):
+    model, body = _model()
+    opt = difflr.LRMultiplier(
+        keras.optimizers.AdamW(0.01, weight_decay=0.05),
+        # objects and callables: only their resolution can be saved
+        [(body.layers[0], 0.0), (body, body_rule_value),
+         (lambda v: 2.0 if v.path.endswith("head/bias") else None, None)],
+        decay_multipliers={keras.layers.Dense: 0.5},
+    )
+    model.compile(optimizer=opt, loss="mse")
+    return model, opt
+
+
+def test_continuing_after_load_equals_an_uninterrupted_run(tmp_path):
+    x, y = _data()
+    keras.utils.set_random_seed(3)
+    model, opt = _compiled()
+    initial = [to_numpy(v).copy() for v in model.weights]
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+
+    loaded = keras.models.load_model(path)  # no custom_objects
+    assert isinstance(loaded.optimizer, difflr.LRMultiplier)
+    assert [loaded.optimizer.multiplier_for(v) for v in loaded.trainable_variables] == \
+        [opt.multiplier_for(v) for v in model.trainable_variables]
+    assert [loaded.optimizer.decay_multiplier_for(v) for v in loaded.trainable_variables] == \
+        [opt.decay_multiplier_for(v) for v in model.trainable_variables]
+    assert int(to_numpy(loaded.optimizer.iterations)) == 8
+    loaded.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(loaded.weights, model.weights):
+        assert_close(a, b, rtol=1e-5, atol=1e-6, what=b.path)
+    # The frozen layer never moved and holds no optimizer state after loading.
+    for v, v0 in zip(loaded.get_layer("body").layers[0].weights, initial[:2]):
+        np.testing.assert_array_equal(to_numpy(v), v0)
+    assert len(loaded.optimizer.variables) == len(opt.variables)
+
+
+def test_set_multipliers_changes_survive_saving(tmp_path):
+    x, y = _data()
+    model, opt = _compiled()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    opt.set_multipliers({model.get_layer("head"): 3.0})
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    head = loaded.get_layer("head")
+    assert loaded.optimizer.multiplier_for(head.kernel) == 3.0
+    # New rules on a loaded optimizer apply on top of the saved resolution.
+    loaded.optimizer.set_multipliers({head: 0.25})
+    assert loaded.optimizer.multiplier_for(head.bias) == 0.25
+    assert loaded.optimizer.multiplier_for(loaded.trainable_variables[2]) == 0.1
+
+
+def test_unbuilt_optimizer_with_string_rules_saves_its_rules(tmp_path):
+    model, body = _model()
+    opt = difflr.LRMultiplier("adam", {"head/.*": 2.0},
+                              decay_multipliers={keras.layers.Dense: 0.0})
+    model.compile(optimizer=opt, loss="mse")
+    config = opt.get_config()
+    assert config["multipliers"] == [["head/.*", 2.0]]
+    assert config["decay_multipliers"] == [[{"layer_class": "keras.layers.Dense"}, 0.0]]
+    clone = difflr.LRMultiplier.from_config(config)
+    clone.build(model.trainable_variables)
+    head = model.get_layer("head")
+    assert clone.multiplier_for(head.kernel) == 2.0
+    assert clone.decay_multiplier_for(head.kernel) == 0.0
+
+
+def test_unbuilt_optimizer_with_object_rules_refuses_to_save_half():
+    model, body = _model()
+    opt = difflr.LRMultiplier("adam", {body: 0.1})
+    with pytest.raises(ValueError, match="not built yet"):
+        opt.get_config()
+
+
+def test_loading_onto_a_different_model_raises(tmp_path):
+    model, opt = _compiled()
+    model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    config = keras.saving.serialize_keras_object(opt)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    restored = keras.saving.deserialize_keras_object(config)
+    with pytest.raises(ValueError, match="Load it with the model it was saved with"):
+        restored.build(other.trainable_variables)
+
+
+def test_a_fresh_process_loads_with_only_import_difflr(tmp_path):
+    x, y = _data()
+    model, opt = _compiled()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    script = textwrap.dedent(f"""
+        import keras, difflr
+        m = keras.models.load_model({path!r})
+        print(type(m.optimizer).__name__,
+              [m.optimizer.multiplier_for(v) for v in m.trainable_variables])
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = [opt.multiplier_for(v) for v in model.trainable_variables]
+    assert out.stdout.strip().splitlines()[-1] == f"LRMultiplier {expected}"
