@@ -122,6 +122,14 @@ def per_variable_slots(optimizer, variables):
     return slots
 
 
+def per_step_state(optimizer, slots):
+    """Optimizer variables that are neither slots, the step counter nor the
+    learning rate: per-step global state, such as Nadam's `u_product`."""
+    skip = {id(v) for per_variable in slots for v in per_variable}
+    skip |= {id(optimizer._iterations), id(optimizer._learning_rate)}
+    return [v for v in optimizer.variables if id(v) not in skip]
+
+
 def install_update_hooks(optimizer, update_step, parallel_update_step):
     """Routes `optimizer`'s per-variable and fused updates through difflr.
 

@@ -160,9 +160,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if self.built:
             return
         var_list = list(var_list)
-        super().build(var_list)
+        # Resolve first: a bad rule must leave the optimizer unbuilt.
         model = _keras_compat.find_model(var_list)
-        self._model_ref = None if model is None else weakref.ref(model)
         lr_values, decay_values = self._resolve(var_list, model)
 
         self._active_positions = [
@@ -177,6 +176,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         active = [var_list[i] for i in self._active_positions]
         inner = self.inner_optimizer
         _keras_compat.check_weight_decay_is_standard(inner)
+        super().build(var_list)
+        self._model_ref = None if model is None else weakref.ref(model)
         self._lr_values, self._decay_values = lr_values, decay_values
         n = len(active)
         with keras.name_scope(self.name):
@@ -192,14 +193,9 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 dtype="float32", name="decay_multipliers")
 
         self._slots = _keras_compat.per_variable_slots(inner, active)
-        slot_ids = {id(s) for slots in self._slots for s in slots}
-        fixed_ids = {id(inner._iterations), id(inner._learning_rate)}
         # Per-step state outside the slots (Nadam's `u_product`): advanced
         # once per step, not once per group of equal multipliers.
-        self._global_state = [
-            v for v in inner.variables
-            if id(v) not in slot_ids and id(v) not in fixed_ids
-        ]
+        self._global_state = _keras_compat.per_step_state(inner, self._slots)
         self._active_index = {
             _keras_compat.var_key(inner, v): j for j, v in enumerate(active)
         }
@@ -223,16 +219,17 @@ class LRMultiplier(keras.optimizers.Optimizer):
                                   saved_decay, DECLARED_DECAY_ATTR)
         return lr, decay
 
+    def _active_vector(self, values):
+        """`values` of the variables that have optimizer state, as float32."""
+        return np.array([values[i] for i in self._active_positions], "float32")
+
     def _initializer(self, values):
-        vector = np.array([values[i] for i in self._active_positions], "float32")
+        vector = self._active_vector(values)
         return lambda shape, dtype: ops.cast(vector, dtype)
 
     def _write_vectors(self):
-        positions = self._active_positions
-        self._lr_multipliers.assign(
-            np.array([self._lr_values[i] for i in positions], "float32"))
-        self._decay_multipliers.assign(
-            np.array([self._decay_values[i] for i in positions], "float32"))
+        self._lr_multipliers.assign(self._active_vector(self._lr_values))
+        self._decay_multipliers.assign(self._active_vector(self._decay_values))
         self._version += 1
 
     # The step. The wrapped optimizer runs its own `apply`; only the

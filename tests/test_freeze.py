@@ -6,7 +6,7 @@ import keras
 
 import difflr
 from conftest import assert_close, to_numpy
-from test_contract import OPTIMIZERS, _gradients, _variables, run_reference
+from difflr._selfcheck import OPTIMIZERS, gradients as _gradients, variables as _variables
 
 SHAPES = [(3, 4), (4,), (2, 3)]
 

@@ -1,6 +1,5 @@
 """difflr.layers: the article's layer arguments, Keras style."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -222,3 +222,15 @@ def test_multiplier_for_before_build_and_for_strangers_raise():
     opt, model, _ = _resolved()
     with pytest.raises(ValueError, match="not one of the trainable variables"):
         opt.multiplier_for(keras.Variable(1.0))
+
+
+def test_a_failed_build_leaves_the_optimizer_unbuilt():
+    model, _ = _model()
+    opt = difflr.LRMultiplier("adam", {"no_such/.*": 0.1})
+    model.compile(optimizer=opt, loss="mse")
+    with pytest.raises(ValueError, match="matches no trainable variable"):
+        opt.build(model.trainable_variables)
+    assert not opt.built
+    opt.set_multipliers({"no_such/.*": 1.0})  # still matches nothing
+    with pytest.raises(ValueError, match="matches no trainable variable"):
+        opt.build(model.trainable_variables)
