@@ -4,7 +4,9 @@ difflr depends on Keras's public API everywhere else. The few places where Keras
 offers no public hook are gathered here so that a Keras upgrade has one file to
 check. Each function says which private name it touches.
 
-Checked against Keras 3.8.0 (the oldest supported release) through 3.15.1.
+Checked against Keras 3.12.0 (the oldest supported release) through 3.15.1.
+Older releases cannot run with current TensorFlow (2.21 needs Keras >= 3.12)
+or JAX (Keras 3.8 calls the removed `jax.spmd_mode`).
 
 The private names, and why each is unavoidable:
 
@@ -31,7 +33,7 @@ import warnings
 
 import keras
 
-OLDEST_KERAS = (3, 8, 0)
+OLDEST_KERAS = (3, 12, 0)
 NEWEST_CHECKED_KERAS = (3, 15, 1)
 
 

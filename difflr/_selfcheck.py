@@ -6,6 +6,8 @@ side uses only plain Keras optimizers, one per variable, built at
 wrapper it checks.
 """
 
+import inspect
+
 import numpy as np
 import keras
 
@@ -106,8 +108,10 @@ def _clip_by_global_norm(grads, clip):
 
 
 def wd_kwargs(name, wd):
-    """Weight-decay arguments of optimizer `name` (Muon has two decays)."""
-    if name == "muon":
+    """Weight-decay arguments of optimizer `name` (Muon, from Keras 3.13, has
+    a second decay for the variables it trains with AdamW)."""
+    if name == "muon" and "adam_weight_decay" in inspect.signature(
+            keras.optimizers.Muon).parameters:
         return {"weight_decay": wd, "adam_weight_decay": wd}
     return {"weight_decay": wd}
 
