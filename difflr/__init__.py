@@ -8,8 +8,21 @@ from difflr import _keras_compat
 
 _keras_compat.check_keras_version()
 
+from difflr import callbacks  # noqa: E402
 from difflr import layers  # noqa: E402
+from difflr import schedules  # noqa: E402
+from difflr.fine_tuning import fine_tune  # noqa: E402
+from difflr.grouping import groups  # noqa: E402
+from difflr.inspection import plot  # noqa: E402
+from difflr.inspection import summary  # noqa: E402
 from difflr.lr_multiplier import LRMultiplier  # noqa: E402
+from difflr.recipes import discriminative  # noqa: E402
+from difflr.recipes import layerwise_decay  # noqa: E402
+from difflr.recipes import no_decay  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["LRMultiplier", "layers", "__version__"]
+__all__ = [
+    "LRMultiplier", "callbacks", "discriminative", "fine_tune", "groups",
+    "layers", "layerwise_decay", "no_decay", "plot", "schedules", "summary",
+    "__version__",
+]

@@ -586,3 +586,22 @@ def _check_saved(saved, var_list):
             "with the model it was saved with."
         )
     return saved["multipliers"], saved["decay_multipliers"]
+
+
+def find_lr_multiplier(optimizer, who):
+    """The `LRMultiplier` that is `optimizer` or that it wraps.
+
+    Under a `mixed_float16` policy `model.compile` wraps the optimizer in a
+    `LossScaleOptimizer`; helpers that act on multipliers look through it.
+    `who` names the caller in the error raised when there is none.
+    """
+    seen = optimizer
+    while isinstance(seen, keras.optimizers.LossScaleOptimizer):
+        seen = seen.inner_optimizer
+    if not isinstance(seen, LRMultiplier):
+        raise TypeError(
+            f"{who} needs the model to be compiled with a difflr.LRMultiplier "
+            f"optimizer; its optimizer is {type(optimizer).__name__}. Compile "
+            "with `optimizer=difflr.LRMultiplier(<your optimizer>, ...)`."
+        )
+    return seen

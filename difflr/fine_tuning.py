@@ -1,0 +1,6 @@
+"""(being written)"""
+
+def fine_tune(*args, **kwargs):
+    raise NotImplementedError
+
+
