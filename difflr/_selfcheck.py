@@ -64,16 +64,18 @@ def gradients(steps, shapes, seed=0):
     return [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(steps)]
 
 
-def variables(shapes, seed=1, prefix="v"):
+def variables(shapes, seed=1, prefix="v", dtype="float32"):
     rng = np.random.default_rng(seed)
     return [
-        keras.Variable(rng.normal(size=s).astype("float32"), name=f"{prefix}{i}")
+        keras.Variable(rng.normal(size=s).astype("float32"), name=f"{prefix}{i}",
+                       dtype=dtype)
         for i, s in enumerate(shapes)
     ]
 
 
-def run_wrapped(make, lr_mults, decay_mults, grads, shapes=SHAPES, wd=WD, lr=LR, **kwargs):
-    vs = variables(shapes)
+def run_wrapped(make, lr_mults, decay_mults, grads, shapes=SHAPES, wd=WD, lr=LR,
+                dtype="float32", **kwargs):
+    vs = variables(shapes, dtype=dtype)
     opt = difflr.LRMultiplier(
         make(lr, **wd, **kwargs) if isinstance(wd, dict) else make(lr, weight_decay=wd, **kwargs),
         multipliers=[(v, m) for v, m in zip(vs, lr_mults)],
@@ -85,9 +87,9 @@ def run_wrapped(make, lr_mults, decay_mults, grads, shapes=SHAPES, wd=WD, lr=LR,
 
 
 def run_reference(make, lr_mults, decay_mults, grads, shapes=SHAPES, wd=WD, lr=LR,
-                  clip_globally=None, **kwargs):
+                  clip_globally=None, dtype="float32", **kwargs):
     """One plain optimizer per variable, built at lr * m and wd * d."""
-    vs = variables(shapes)
+    vs = variables(shapes, dtype=dtype)
     if clip_globally is not None:
         grads = [_clip_by_global_norm(step, clip_globally) for step in grads]
     for i, v in enumerate(vs):
