@@ -210,14 +210,26 @@ class LRMultiplier(keras.optimizers.Optimizer):
         )
 
     def _resolve(self, var_list, model):
+        lr, _, decay, _ = self._resolution(var_list, model)
+        return lr, decay
+
+    def _resolution(self, var_list, model):
+        """The rules resolved for `var_list`, changing nothing.
+
+        Returns `(lr_values, lr_sources, decay_values, decay_sources)`: a
+        value per variable and the description of the rule that decided it.
+        `build` and `set_multipliers` use the values; `difflr.summary` shows
+        the sources, and previews an optimizer that is not built yet.
+        """
         saved_lr = saved_decay = None
         if self._saved is not None:
             saved_lr, saved_decay = _check_saved(self._saved, var_list)
-        lr, _ = _rules.resolve(var_list, self._lr_rules, _LR, model,
-                               saved_lr, DECLARED_LR_ATTR)
-        decay, _ = _rules.resolve(var_list, self._decay_rules, _DECAY, model,
-                                  saved_decay, DECLARED_DECAY_ATTR)
-        return lr, decay
+        lr, lr_sources = _rules.resolve(var_list, self._lr_rules, _LR, model,
+                                        saved_lr, DECLARED_LR_ATTR)
+        decay, decay_sources = _rules.resolve(
+            var_list, self._decay_rules, _DECAY, model, saved_decay,
+            DECLARED_DECAY_ATTR)
+        return lr, lr_sources, decay, decay_sources
 
     def _active_vector(self, values):
         """`values` of the variables that have optimizer state, as float32."""

@@ -1,7 +1,125 @@
-"""(being written)"""
+"""Logs the effective learning rate of each layer group, once per epoch."""
 
-class LearningRateLogger:
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError
+import keras
+from keras import ops
+
+from difflr.inspection import _group_variables
+from difflr.lr_multiplier import find_lr_multiplier
+
+_WHO = "LearningRateLogger"
+# Next to Keras's own "learning_rate"; TensorBoard shows the groups together.
+_PREFIX = "learning_rate/"
 
 
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the effective learning rate of each group to the epoch logs.
+
+    At the end of every epoch, for each group `g` (bottom to head), it adds
+
+        logs["learning_rate/<name of g>"] = learning_rate(step) * max_{v in g} m_v
+
+    where `learning_rate(step)` is the optimizer's base rate as Keras logs it
+    under `"learning_rate"` (a schedule evaluated at the current
+    `iterations`), and `m_v` the multiplier in force for variable `v`. A group
+    whose variables have different multipliers (say a bias at 2x) logs the
+    largest, so the key set never changes from one epoch to the next and 0
+    means the whole group is frozen; `difflr.summary(model, expand=True)`
+    shows each variable.
+
+    The keys reach `History` (`model.fit(...).history["learning_rate/group_0"]`),
+    `CSVLogger`, `TensorBoard` and every callback placed after this one: put
+    this callback before `TensorBoard` and `CSVLogger` in the `callbacks`
+    list, and before any `History` instance of your own (the one Keras
+    adds itself always comes last).
+
+    Args:
+        groups: The groups, bottom to head: a list whose items are lists of
+            layers (or single layers). Defaults to `difflr.groups(model)`,
+            computed when training begins. The groups need not cover every
+            variable: only the given ones are logged.
+        names: Optional names of the groups, one string per group, used in
+            the keys. Defaults to `group_0`, `group_1`, ...
+
+    Raises:
+        TypeError: when training begins, if the model's optimizer is not a
+            `difflr.LRMultiplier` (possibly inside a `LossScaleOptimizer`).
+        ValueError: if `names` does not give one distinct non-empty string per
+            group, or if the groups hold variables that are not trainable
+            variables of the model, or one variable twice.
+
+    Example:
+
+    >>> import keras, numpy as np, difflr
+    >>> inputs = keras.Input((3,))
+    >>> body = keras.layers.Dense(4, name="body")
+    >>> head = keras.layers.Dense(1, name="head")
+    >>> model = keras.Model(inputs, head(body(inputs)))
+    >>> model.compile(difflr.LRMultiplier(keras.optimizers.SGD(0.01),
+    ...                                   {body: 0.1}), loss="mse")
+    >>> logger = difflr.callbacks.LearningRateLogger(
+    ...     groups=[[body], [head]], names=["body", "head"])
+    >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 1)), epochs=2,
+    ...                     callbacks=[logger], verbose=0)
+    >>> [round(x, 6) for x in history.history["learning_rate/body"]]
+    [0.001, 0.001]
+    >>> [round(x, 6) for x in history.history["learning_rate/head"]]
+    [0.01, 0.01]
+    """
+
+    def __init__(self, groups=None, names=None):
+        super().__init__()
+        if names is not None:
+            if isinstance(names, str) or not isinstance(names, (list, tuple)):
+                raise TypeError(
+                    f"{_WHO}: `names` must be a list of strings, one per "
+                    f"group; received {names!r}."
+                )
+            names = list(names)
+            for name in names:
+                if not isinstance(name, str) or not name:
+                    raise ValueError(
+                        f"{_WHO}: every name must be a non-empty string; "
+                        f"received {name!r} in {names!r}."
+                    )
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"{_WHO}: the names {names!r} repeat; each group needs "
+                    "its own key."
+                )
+            if groups is not None and isinstance(groups, (list, tuple)) and (
+                    len(names) != len(groups)):
+                raise ValueError(
+                    f"{_WHO}: {len(names)} names for {len(groups)} groups; "
+                    "give one name per group."
+                )
+        self.groups = groups
+        self.names = names
+        self._variables = None
+
+    def on_train_begin(self, logs=None):
+        model = self.model  # on JAX this syncs the training state
+        find_lr_multiplier(model.optimizer, _WHO)  # fail now, not after an epoch
+        per_group = _group_variables(model, self.groups, _WHO, complete=False)
+        if self.names is not None and len(self.names) != len(per_group):
+            raise ValueError(
+                f"{_WHO}: {len(self.names)} names {self.names!r} for "
+                f"{len(per_group)} groups (from `difflr.groups(model)`); give "
+                "one name per group."
+            )
+        names = self.names or [f"group_{g}" for g in range(len(per_group))]
+        self._variables = [
+            (_PREFIX + name, [v for _, v in pairs])
+            for name, pairs in zip(names, per_group)
+        ]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return  # nobody to hand the values to
+        if self._variables is None:
+            self.on_train_begin()
+        # Reached through `self.model` each time: on JAX that syncs the
+        # optimizer's variables (the base rate, `iterations`) from training.
+        opt = find_lr_multiplier(self.model.optimizer, _WHO)
+        base = float(ops.convert_to_numpy(opt.learning_rate))
+        for key, variables in self._variables:
+            logs[key] = base * max(opt.multiplier_for(v) for v in variables)
