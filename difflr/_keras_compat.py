@@ -26,6 +26,8 @@ The private names, and why each is unavoidable:
   per-variable slots from per-step global state (Nadam's `u_product`).
 - `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out.
+- a functional model's `_nodes_by_depth` and `Node.parent_nodes`: its graph,
+  to split it into layer groups by topological depth (`difflr.groups`).
 """
 
 import sys
@@ -88,6 +90,29 @@ def var_key(optimizer, variable):
 def nested_layers(layer):
     """`layer` and every layer nested in it, at any depth."""
     return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def functional_nodes(model):
+    """A functional model's graph in topological order, or None.
+
+    Returns `(operation, parents)` pairs, one per call of an operation in the
+    model (inputs first), `parents` being the indices of the earlier pairs
+    whose outputs it takes. Keras has no public graph API: this reads the
+    private `_nodes_by_depth` (depth counted from the outputs) and
+    `Node.parent_nodes`, both unchanged from Keras 3.0 to 3.15.
+    """
+    nodes_by_depth = getattr(model, "_nodes_by_depth", None)
+    if not isinstance(model, keras.Model) or not isinstance(nodes_by_depth, dict):
+        return None
+    entries, index = [], {}
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            parents = [index[id(p)] for p in node.parent_nodes if id(p) in index]
+            index[id(node)] = len(entries)
+            entries.append((node.operation, parents))
+    return entries
 
 
 def has_fused_update(optimizer):

@@ -1,6 +1,350 @@
-"""(being written)"""
+"""Layer groups: a model split from input to output, for per-group rates.
 
-def groups(*args, **kwargs):
-    raise NotImplementedError
+`groups(model)` is the splitter the recipes (`difflr.discriminative`,
+`difflr.layerwise_decay`), gradual unfreezing and the inspection tools share;
+`check_groups` validates a list of groups given by hand. Both keep one
+invariant: every group is a list of layers that own trainable variables, and
+every trainable variable of the model is in exactly one group.
+
+How a model is split, in order of precedence:
+
+1. A model whose direct layers are named like a known backbone family is split
+   by those names (`_FAMILIES`): KerasHub transformer blocks
+   `transformer_layer_<i>`, keras.applications ResNet/DenseNet stages
+   `conv<N>_...`, EfficientNet stages `block<N><letter>_...`, MobileNetV2/V3
+   inverted-residual blocks `block_<N>_...` / `expanded_conv[_<N>]_...` and
+   MobileNet blocks `conv_dw_<N>` / `conv_pw_<N>`. Blocks are ordered by
+   their number (10 after 9). Weighted layers before the first block (and,
+   for transformers, every layer named like `*embedding*`) form the first
+   group; layers between blocks join the block before them; layers after the
+   last block are split as in 2.
+2. Any other functional or Sequential model: one group per topological depth,
+   counting only layers with trainable variables (two parallel branches at the
+   same depth share a group). A nested model is split by its own structure and
+   its groups take consecutive depths. A normalization layer joins the group
+   of the weighted layer before it (fastai keeps BatchNorm with its conv), or
+   the first group if none comes before it.
+3. A subclassed model: its direct layers as a chain, in the order they were
+   assigned. A model that owns variables of its own (not through a sub-layer)
+   and every other layer with weights stays whole: one group.
+"""
+
+import re
+
+import keras
+
+from difflr import _keras_compat
+
+NORMALIZATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in ("BatchNormalization", "LayerNormalization",
+                 "GroupNormalization", "UnitNormalization", "RMSNormalization")
+    if hasattr(keras.layers, name)
+)
+
+# family -> regular expression full-matched against a layer name; its first
+# non-empty group is the block number (none: block 0).
+_FAMILIES = {
+    "transformer": re.compile(r"transformer_layer_(\d+)"),
+    "resnet": re.compile(r"conv(\d+)_.*"),
+    "efficientnet": re.compile(r"block(\d+)[a-z]_.*"),
+    "mobilenet_v2_v3": re.compile(r"block_(\d+)_.*|expanded_conv_(?:(\d+)_)?.*"),
+    "mobilenet": re.compile(r"conv_(?:dw|pw)_(\d+)(?:_.*)?"),
+}
+_EMBEDDING_NAME = re.compile(r".*embedding.*", re.IGNORECASE)
 
 
+def groups(model):
+    """Splits a model into ordered groups of layers, from input to head.
+
+    The groups are what the recipes give learning rates to: fastai's layer
+    groups, or the layer ids of timm's layer-wise decay. Each group is a list
+    of layers that own trainable variables, and every trainable variable of
+    the model is in exactly one group (its variables are resolved from the
+    layer objects, however deep).
+
+    - A model named like a known backbone family is split by its blocks:
+      KerasHub transformers (`token_embedding`/`position_embedding`... first,
+      then `transformer_layer_0`, `transformer_layer_1`, ... in numeric
+      order, then the rest), keras.applications ResNet and DenseNet (stem
+      `conv1`, then stages `conv2_...` to `conv5_...`), EfficientNet (stem,
+      stages `block1..._` to `block7..._`, then `top_conv`), MobileNetV2/V3
+      (stem, one group per inverted-residual block, then the top convs) and
+      MobileNet (one group per depthwise/pointwise pair).
+    - Any other functional or Sequential model: one group per topological
+      depth, counting only layers with trainable variables. A normalization
+      layer (BatchNormalization, LayerNormalization, GroupNormalization,
+      RMSNormalization) joins the group of the weighted layer before it.
+    - A nested model (a backbone) is split by its own structure, in place: the
+      head layers after it form the last group(s).
+    - A subclassed model: its direct layers in the order they were assigned.
+
+    If the split does not suit you, pass your own list of groups (lists of
+    layers) to the recipes instead.
+
+    Args:
+        model: A built Keras model (or layer) with trainable variables.
+
+    Returns:
+        A list of groups, bottom (input side) first, head last; each group a
+        list of layers. Its `repr` shows one line per group.
+
+    Raises:
+        TypeError: if `model` is not a Keras layer or model.
+        ValueError: if `model` is not built, or has no trainable variables.
+
+    Example:
+
+    >>> import keras, difflr
+    >>> inputs = keras.Input((8,))
+    >>> x = keras.layers.Dense(4, name="body")(inputs)
+    >>> x = keras.layers.BatchNormalization(name="body_bn")(x)
+    >>> outputs = keras.layers.Dense(1, name="head")(x)
+    >>> model = keras.Model(inputs, outputs)
+    >>> difflr.groups(model)
+    [[body, body_bn],
+     [head]]
+    >>> [[layer.name for layer in group] for group in difflr.groups(model)]
+    [['body', 'body_bn'], ['head']]
+    """
+    check_model(model, "difflr.groups")
+    result = _split(model)
+    # The invariant is what every recipe relies on: verify it, always.
+    return check_groups(result, "difflr.groups", model=model)
+
+
+def check_model(model, who):
+    """Raises unless `model` is a built Keras layer with trainable variables."""
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            f"{who} needs a Keras model (or layer); received {model!r} of type "
+            f"{type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{who}: the model '{model.name}' is not built, so it has no "
+            "variables yet. Build it first: give it a `keras.Input`, call it "
+            "on a batch, or call `model.build(input_shape)`."
+        )
+    if not model.trainable_variables:
+        raise ValueError(
+            f"{who}: the model '{model.name}' has no trainable variables (are "
+            "all its layers `trainable=False`?). There is nothing to group."
+        )
+
+
+def check_groups(groups, who, model=None, complete=True):
+    """Validates a list of groups and returns it as a list of lists of layers.
+
+    A group may be given as a single layer. Every layer must own trainable
+    variables and no variable may be in two groups. If `model` is given, every
+    variable must be a trainable variable of `model` and, with
+    `complete=True`, every trainable variable of `model` must be covered.
+
+    Args:
+        groups: A list of groups, bottom to head.
+        who: The caller, named in error messages.
+        model: Optional model the groups must belong to.
+        complete: Whether the groups must cover all of `model`'s trainable
+            variables (only checked when `model` is given).
+
+    Returns:
+        A `list` of lists of layers (printed one line per group).
+    """
+    if isinstance(groups, keras.layers.Layer) or not isinstance(
+            groups, (list, tuple)):
+        raise TypeError(
+            f"{who}: the groups must be a list of groups, bottom to head, each "
+            "a list of layers (or a single layer), such as "
+            f"`difflr.groups(model)`; received {type(groups).__name__}."
+        )
+    if not groups:
+        raise ValueError(f"{who}: the list of groups is empty; give at least one.")
+    in_model = None if model is None else {id(v) for v in model.trainable_variables}
+    owner = {}  # id(variable) -> (group index, layer)
+    result = []
+    for g, group in enumerate(groups):
+        members = [group] if isinstance(group, keras.layers.Layer) else group
+        if not isinstance(members, (list, tuple)) or not members or not all(
+                isinstance(layer, keras.layers.Layer) for layer in members):
+            raise TypeError(
+                f"{who}: group {g} must be a non-empty list of Keras layers (or "
+                f"a single layer); received {group!r}."
+            )
+        for layer in members:
+            if not layer.trainable_variables:
+                raise ValueError(
+                    f"{who}: layer '{layer.name}' in group {g} has no "
+                    "trainable variables (is it built, and trainable?). Groups "
+                    "hold layers with trainable variables only."
+                )
+            for v in layer.trainable_variables:
+                if in_model is not None and id(v) not in in_model:
+                    raise ValueError(
+                        f"{who}: layer '{layer.name}' in group {g} has the "
+                        f"variable '{v.path}', which is not a trainable "
+                        f"variable of the model '{model.name}'."
+                    )
+                if id(v) in owner:
+                    first_g, first_layer = owner[id(v)]
+                    raise ValueError(
+                        f"{who}: the variable '{v.path}' is in group {first_g} "
+                        f"(layer '{first_layer.name}') and again in group {g} "
+                        f"(layer '{layer.name}'). Each variable must be in "
+                        "exactly one group."
+                    )
+                owner[id(v)] = (g, layer)
+        result.append(list(members))
+    if model is not None and complete and len(owner) < len(in_model):
+        missing = [v.path for v in model.trainable_variables if id(v) not in owner]
+        shown = ", ".join(repr(p) for p in missing[:6])
+        more = f", ... ({len(missing)} in all)" if len(missing) > 6 else ""
+        raise ValueError(
+            f"{who}: the groups leave out trainable variables of the model "
+            f"'{model.name}': {shown}{more}. Put their layers in a group "
+            "(`difflr.groups(model)` covers every trainable variable)."
+        )
+    return _Groups(result)
+
+
+class _Groups(list):
+    """A plain list of groups that prints one line per group."""
+
+    def __repr__(self):
+        if not self:
+            return "[]"
+        lines = []
+        for g, group in enumerate(self):
+            names = [layer.name for layer in group]
+            more = ""
+            if len(names) > 4:
+                names, more = names[:2] + ["..."] + names[-1:], f" ({len(group)} layers)"
+            lines.append(f"[{', '.join(names)}]{more}")
+        if len(lines) == 1:
+            return f"[{lines[0]}]"
+        return "[" + ",\n ".join(lines) + "]"
+
+
+def _has_trainable(op):
+    return isinstance(op, keras.layers.Layer) and bool(op.trainable_variables)
+
+
+def _splittable(layer):
+    """A model whose trainable variables all belong to its direct layers."""
+    if not isinstance(layer, keras.Model):
+        return False
+    covered = {id(v) for sub in layer.layers for v in sub.trainable_variables}
+    return all(id(v) in covered for v in layer.trainable_variables)
+
+
+def _graph(model):
+    """The model's layers and ops in topological order: `(op, parents)`
+    pairs, `parents` being indices of earlier pairs."""
+    nodes = _keras_compat.functional_nodes(model)
+    if nodes is not None:
+        return nodes
+    # Sequential and subclassed models: a chain of their direct layers.
+    return [(layer, [i - 1] if i else []) for i, layer in enumerate(model.layers)]
+
+
+def _split(layer):
+    if not _has_trainable(layer):
+        return []
+    if not _splittable(layer):
+        return [[layer]]
+    entries = _graph(layer)
+    placement = _by_depth(entries)
+    family = _family(entries)
+    if family is None:
+        return _assemble(placement.values())
+    return _by_family(entries, placement, family)
+
+
+def _by_depth(entries):
+    """Where each weighted layer goes by topological depth.
+
+    Returns a dict, in topological order of first use, from `id(layer)` to a
+    list of `(depth, layers)` (several for a nested model, one per group of
+    its own). A shared layer takes the place of its last use.
+    """
+    depth = [0] * len(entries)
+    placement = {}
+    for i, (op, parents) in enumerate(entries):
+        base = max((depth[p] for p in parents), default=0)
+        span = 0
+        if _has_trainable(op):
+            if _splittable(op):
+                inner = _split(op)
+                placement[id(op)] = [(base + 1 + j, g) for j, g in enumerate(inner)]
+                span = len(inner)
+            elif isinstance(op, NORMALIZATION_LAYERS):
+                placement[id(op)] = [(max(base, 1), [op])]
+            else:
+                placement[id(op)] = [(base + 1, [op])]
+                span = 1
+        depth[i] = base + span
+    return placement
+
+
+def _assemble(placements):
+    slots = {}
+    for placement in placements:
+        for key, layers in placement:
+            slots.setdefault(key, []).extend(layers)
+    return [slots[key] for key in sorted(slots)]
+
+
+def _block_number(pattern, name):
+    match = pattern.fullmatch(name)
+    if match is None:
+        return None
+    number = next((g for g in match.groups() if g), None)
+    return int(number) if number is not None else 0
+
+
+def _weighted_layers(entries):
+    """Each weighted layer once, in topological order of its last use."""
+    last = {}
+    for i, (op, _) in enumerate(entries):
+        if _has_trainable(op):
+            last[id(op)] = (i, op)
+    return [op for _, op in sorted(last.values(), key=lambda item: item[0])]
+
+
+def _family(entries):
+    """The backbone family whose block names most weighted layers match."""
+    names = [layer.name for layer in _weighted_layers(entries)]
+    best, best_count = None, 0
+    for family, pattern in _FAMILIES.items():
+        count = sum(1 for n in names if pattern.fullmatch(n))
+        if count > best_count:
+            best, best_count = family, count
+    return best
+
+
+def _by_family(entries, placement, family):
+    pattern = _FAMILIES[family]
+    layers = _weighted_layers(entries)
+    numbers = [_block_number(pattern, layer.name) for layer in layers]
+    matched = [i for i, n in enumerate(numbers) if n is not None]
+    first, last = matched[0], matched[-1]
+    # Depth of the last block, to tell a norm right after it (ResNetV2's
+    # post_bn) from the tail's own layers.
+    block_depth = max(d for i in matched for d, _ in placement[id(layers[i])])
+    keyed = []  # (sort key, layers)
+    current = None
+    for i, (layer, number) in enumerate(zip(layers, numbers)):
+        embedding = family == "transformer" and _EMBEDDING_NAME.fullmatch(layer.name)
+        if number is not None:
+            current = number
+            keyed.append(((1, number), [layer]))
+        elif i < first or embedding:
+            keyed.append(((0, 0), [layer]))
+        elif i < last:
+            keyed.append(((1, current), [layer]))
+        elif isinstance(layer, NORMALIZATION_LAYERS) and (
+                placement[id(layer)][0][0] <= block_depth):
+            keyed.append(((1, current), [layer]))
+        else:
+            keyed.extend(((2, d), g) for d, g in placement[id(layer)])
+    return _assemble([keyed])
