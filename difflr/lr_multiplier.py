@@ -13,6 +13,10 @@ _DECAY = "decay multiplier"
 DECLARED_LR_ATTR = "_difflr_lr_multiplier"
 DECLARED_DECAY_ATTR = "_difflr_decay_multiplier"
 CLAIMED_ATTR = "_difflr_claimed"
+# LRMultipliers not built yet. TensorFlow traces the forward pass of the
+# first step before the optimizer builds (and claims its variables) in the
+# same trace, so a declaring layer must not conclude "no LRMultiplier" then.
+_UNBUILT = weakref.WeakSet()
 
 
 @keras.saving.register_keras_serializable(package="difflr")
@@ -113,6 +117,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._host_cache = None
         self._group_cache = None
         self._model_ref = None
+        _UNBUILT.add(self)
 
     # The wrapped optimizer owns the base rate and the step counter.
 
@@ -205,6 +210,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._is_torch = keras.backend.backend() == "torch"
         for v in var_list:
             setattr(v, CLAIMED_ATTR, True)
+        _UNBUILT.discard(self)
         _keras_compat.install_update_hooks(
             inner, self._hooked_update_step, self._hooked_parallel_update_step
         )
@@ -598,6 +604,11 @@ def _check_saved(saved, var_list):
             "with the model it was saved with."
         )
     return saved["multipliers"], saved["decay_multipliers"]
+
+
+def any_unbuilt():
+    """Whether some LRMultiplier may still claim variables when it builds."""
+    return len(_UNBUILT) > 0
 
 
 def find_lr_multiplier(optimizer, who):

@@ -12,6 +12,7 @@ import warnings
 import keras
 
 from difflr import _rules
+from difflr import lr_multiplier
 from difflr.lr_multiplier import CLAIMED_ATTR
 from difflr.lr_multiplier import DECLARED_DECAY_ATTR
 from difflr.lr_multiplier import DECLARED_LR_ATTR
@@ -66,10 +67,12 @@ class DeclaresMultipliers:
         return super().call(inputs)
 
     def _warn_if_unclaimed(self):
-        self._difflr_warned = True
         declares = any(getattr(self, name) is not None for name in _ARGS)
         claimed = all(getattr(v, CLAIMED_ATTR, False)
                       for v in self.trainable_variables)
+        if not claimed and lr_multiplier.any_unbuilt():
+            return  # an LRMultiplier may build later in this very step: ask again
+        self._difflr_warned = True
         if declares and not claimed:
             warnings.warn(
                 f"Layer '{self.name}' declares learning-rate multipliers, but "
