@@ -33,6 +33,7 @@ The private names, and why each is unavoidable:
 import sys
 import warnings
 
+import re
 import keras
 
 OLDEST_KERAS = (3, 12, 0)
@@ -42,8 +43,8 @@ NEWEST_CHECKED_KERAS = (3, 15, 1)
 def _version_tuple(version):
     parts = []
     for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
+        match = re.match(r"\d+", piece)  # "0rc1" -> 0, "dev2026" -> 0
+        parts.append(int(match.group()) if match else 0)
     return tuple(parts + [0] * (3 - len(parts)))
 
 
