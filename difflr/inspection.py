@@ -12,7 +12,6 @@ rules are resolved against the model's trainable variables exactly as
 """
 
 import numpy as np
-from keras import layers as keras_layers
 from keras import ops
 
 from difflr import grouping
@@ -72,7 +71,7 @@ def summary(model, optimizer=None, expand=False, print_fn=None, groups=None):
     >>> model = keras.Model(inputs, head(body(inputs)), name="toy")
     >>> opt = difflr.LRMultiplier(keras.optimizers.SGD(0.01),
     ...                           {body: 0.1, "head/bias": 2.0})
-    >>> difflr.summary(model, opt, groups=[[body], [head]])  # before fit
+    >>> difflr.summary(model, opt)  # before fit: a preview
     Model 'toy': LRMultiplier over SGD at step 0, base learning rate 0.01
     Preview: the optimizer is not built yet; rules resolved as `fit` will.
     =====================================================================
@@ -108,7 +107,7 @@ def plot(model, optimizer=None, ax=None, groups=None):
         effective_lr = learning_rate(step) * m
 
     on a log scale, with the base rate as a dashed line, every other group
-    shaded and labelled, and frozen variables (`m = 0`, which a log scale
+    shaded and the groups numbered along the top, and frozen variables (`m = 0`, which a log scale
     cannot show) marked with an `x` along the bottom. An optimizer that is
     not built yet is previewed, as by `difflr.summary`.
 
@@ -142,7 +141,7 @@ def plot(model, optimizer=None, ax=None, groups=None):
     >>> head = keras.layers.Dense(1, name="head")
     >>> model = keras.Model(inputs, head(body(inputs)))
     >>> opt = difflr.LRMultiplier(keras.optimizers.SGD(0.01), {body: 0.1})
-    >>> fig = difflr.plot(model, opt, groups=[[body], [head]])
+    >>> fig = difflr.plot(model, opt)
     >>> fig.savefig("learning_rates.png")
     """
     try:
@@ -158,20 +157,23 @@ def plot(model, optimizer=None, ax=None, groups=None):
     table = _inspect(model, optimizer, groups, "difflr.plot", sources=False)
     rows = table["rows"]
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 3), 4))
+        _, ax = plt.subplots(figsize=(min(12.0, 4 + 0.08 * len(rows)), 4))
     x = np.arange(len(rows))
     rates = np.array([r["effective_lr"] for r in rows], dtype="float64")
     frozen = rates == 0
     below = transforms.blended_transform_factory(ax.transData, ax.transAxes)
 
+    by_group = _split_by_group(rows)
+    label_every = -(-len(by_group) // 24)  # numbers on top stay legible
     start = 0
-    for g, group_rows in enumerate(_split_by_group(rows)):
+    for g, group_rows in enumerate(by_group):
         end = start + len(group_rows)
         if g % 2 == 0:
             ax.axvspan(start - 0.5, end - 0.5, color="tab:gray", alpha=0.12,
                        linewidth=0)
-        ax.text((start + end - 1) / 2, 1.01, f"group {g}", transform=below,
-                ha="center", va="bottom", fontsize="small")
+        if g % label_every == 0:
+            ax.text((start + end - 1) / 2, 1.01, str(g), transform=below,
+                    ha="center", va="bottom", fontsize="small")
         start = end
     ax.plot(x, np.where(frozen, np.nan, rates), "o-", color="tab:blue",
             markersize=3, drawstyle="steps-mid",
@@ -186,7 +188,8 @@ def plot(model, optimizer=None, ax=None, groups=None):
         ax.set_yscale("log")
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("trainable variable, bottom to head")
+    ax.set_xlabel("trainable variable, bottom to head (groups numbered on "
+                  "top, every other one shaded)")
     ax.set_ylabel("effective learning rate")
     ax.set_title(f"{table['model']}: effective learning rate at step "
                  f"{table['step']}", pad=18)
@@ -205,11 +208,7 @@ def _inspect(model, optimizer, groups, who, sources):
     layer, the variable, its multiplier, decay multiplier and effective rate,
     and with `sources=True` the descriptions of the deciding rules.
     """
-    if not isinstance(model, keras_layers.Layer):
-        raise TypeError(
-            f"{who} inspects a Keras model (or layer); received {model!r} "
-            f"of type {type(model).__name__}."
-        )
+    grouping.check_model(model, who)
     if optimizer is None:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is None:
@@ -221,16 +220,9 @@ def _inspect(model, optimizer, groups, who, sources):
             )
     opt = find_lr_multiplier(optimizer, who)
     variables = list(model.trainable_variables)
-    if not variables:
-        raise ValueError(
-            f"{who}: the model '{model.name}' has no trainable variables. "
-            "Build it first (give it a `keras.Input`, or call it on data), "
-            "and check that its layers are trainable."
-        )
     per_group = _group_variables(model, groups, who, complete=True)
     order = [v for group in per_group for _, v in group]
 
-    lr_sources = decay_sources = None
     resolution = None
     if opt.built:
         lr = [_in_force(opt.multiplier_for, v, model, who) for v in order]
@@ -293,72 +285,19 @@ def _in_force(multiplier_for, variable, model, who):
 
 
 def _group_variables(model, groups, who, complete):
-    """The trainable variables of each group, checked.
+    """The trainable variables of each group, in layer then variable order.
 
     Returns a list (one item per group, bottom to head) of lists of
-    `(layer, variable)` pairs, in layer order then the layer's variable
-    order. `groups=None` means `difflr.groups(model)`. Every variable must be
-    a trainable variable of `model` and belong to one group only; with
-    `complete=True` every trainable variable must be covered.
+    `(layer, variable)` pairs. `groups=None` means `difflr.groups(model)`;
+    given groups are checked by `grouping.check_groups`.
     """
     if groups is None:
         groups = grouping.groups(model)
-    if isinstance(groups, keras_layers.Layer) or not isinstance(
-            groups, (list, tuple)):
-        raise TypeError(
-            f"{who}: `groups` must be a list of groups, bottom to head, each "
-            "a list of layers (or a single layer), such as "
-            f"`difflr.groups(model)`; received {type(groups).__name__}."
-        )
-    if not groups:
-        raise ValueError(f"{who}: `groups` is empty; give at least one group.")
-    trainable = {id(v): v for v in model.trainable_variables}
-    owner = {}  # id(variable) -> group index
-    result = []
-    for g, group in enumerate(groups):
-        members = [group] if isinstance(group, keras_layers.Layer) else group
-        if not isinstance(members, (list, tuple)) or not all(
-                isinstance(layer, keras_layers.Layer) for layer in members):
-            raise TypeError(
-                f"{who}: group {g} must be a list of Keras layers (or a "
-                f"single layer); received {group!r}."
-            )
-        pairs = []
-        for layer in members:
-            for v in layer.trainable_variables:
-                if id(v) not in trainable:
-                    raise ValueError(
-                        f"{who}: layer '{layer.name}' in group {g} has the "
-                        f"variable '{v.path}', which is not a trainable "
-                        f"variable of the model '{model.name}'. Groups must "
-                        "hold the model's own trainable layers."
-                    )
-                if owner.get(id(v), g) != g:
-                    raise ValueError(
-                        f"{who}: the variable '{v.path}' is in group "
-                        f"{owner[id(v)]} and in group {g} (through layer "
-                        f"'{layer.name}'). Each variable belongs to one group."
-                    )
-                if id(v) not in owner:
-                    owner[id(v)] = g
-                    pairs.append((layer, v))
-        if not pairs:
-            raise ValueError(
-                f"{who}: group {g} ({[layer.name for layer in members]}) has "
-                "no trainable variables. Leave it out, or make its layers "
-                "trainable."
-            )
-        result.append(pairs)
-    if complete and len(owner) < len(trainable):
-        missing = [v.path for i, v in trainable.items() if i not in owner]
-        shown = ", ".join(repr(p) for p in missing[:6])
-        more = f", ... ({len(missing)} in all)" if len(missing) > 6 else ""
-        raise ValueError(
-            f"{who}: the groups leave out trainable variables of the model "
-            f"'{model.name}': {shown}{more}. Put their layers in a group; "
-            "`difflr.groups(model)` covers every trainable variable."
-        )
-    return result
+    else:
+        groups = grouping.check_groups(groups, who, model=model,
+                                       complete=complete)
+    return [[(layer, v) for layer in group for v in layer.trainable_variables]
+            for group in groups]
 
 
 # Text layout.

@@ -56,8 +56,10 @@ class LearningRateLogger(keras.callbacks.Callback):
     >>> model = keras.Model(inputs, head(body(inputs)))
     >>> model.compile(difflr.LRMultiplier(keras.optimizers.SGD(0.01),
     ...                                   {body: 0.1}), loss="mse")
-    >>> logger = difflr.callbacks.LearningRateLogger(
-    ...     groups=[[body], [head]], names=["body", "head"])
+    >>> difflr.groups(model)
+    [[body],
+     [head]]
+    >>> logger = difflr.callbacks.LearningRateLogger(names=["body", "head"])
     >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 1)), epochs=2,
     ...                     callbacks=[logger], verbose=0)
     >>> [round(x, 6) for x in history.history["learning_rate/body"]]
