@@ -200,13 +200,14 @@ def plot(model, optimizer=None, ax=None, groups=None):
 # The table behind both.
 
 
-def _inspect(model, optimizer, groups, who, sources):
-    """A row per trainable variable of `model`, in group order.
+def _inspect(model, optimizer, groups, who, sources, complete=True):
+    """A row per grouped trainable variable of `model`, in group order.
 
     Returns a dict with the model's name, the optimizer, whether it is built,
     the step, the base rate and the rows. Each row holds the group index, the
     layer, the variable, its multiplier, decay multiplier and effective rate,
-    and with `sources=True` the descriptions of the deciding rules.
+    and with `sources=True` the descriptions of the deciding rules. With
+    `complete=False` the groups may leave variables out (they get no row).
     """
     grouping.check_model(model, who)
     if optimizer is None:
@@ -220,7 +221,7 @@ def _inspect(model, optimizer, groups, who, sources):
             )
     opt = find_lr_multiplier(optimizer, who)
     variables = list(model.trainable_variables)
-    per_group = _group_variables(model, groups, who, complete=True)
+    per_group = _group_variables(model, groups, who, complete)
     order = [v for group in per_group for _, v in group]
 
     resolution = None

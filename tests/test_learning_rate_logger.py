@@ -45,15 +45,18 @@ def test_history_holds_each_group_rate_per_epoch():
     schedule = lambda epoch: 0.1 * 0.5 ** epoch
     groups = [[body], [mid], [head]]
     x, y = _data()
-    history = model.fit(
-        x, y, batch_size=2, epochs=3, verbose=0,
-        callbacks=[
-            keras.callbacks.LearningRateScheduler(schedule),
-            _SetAtEpochBegin("mid", {1: 0.0, 2: 0.3}),  # pause, then resume
-            difflr.callbacks.LearningRateLogger(groups),
-            difflr.callbacks.LearningRateLogger(groups,
-                                                names=["body", "mid", "head"]),
-        ])
+    with pytest.warns(UserWarning, match=r"several multipliers, and each logs "
+                      r"its largest: 'learning_rate/(group_2|head)' \(1, 2\)\.") as w:
+        history = model.fit(
+            x, y, batch_size=2, epochs=3, verbose=0,
+            callbacks=[
+                keras.callbacks.LearningRateScheduler(schedule),
+                _SetAtEpochBegin("mid", {1: 0.0, 2: 0.3}),  # pause, resume
+                difflr.callbacks.LearningRateLogger(groups),
+                difflr.callbacks.LearningRateLogger(
+                    groups, names=["body", "mid", "head"]),
+            ])
+    assert sum("several multipliers" in str(x.message) for x in w) == 2
     base = [F32(schedule(e)) for e in range(3)]
     assert history.history["learning_rate"] == base  # Keras's own key
     expected = {

@@ -1,10 +1,11 @@
 """Logs the effective learning rate of each layer group, once per epoch."""
 
-import keras
-from keras import ops
+import warnings
 
-from difflr.inspection import _group_variables
-from difflr.lr_multiplier import find_lr_multiplier
+import keras
+
+from difflr import grouping
+from difflr.inspection import _inspect
 
 _WHO = "LearningRateLogger"
 # Next to Keras's own "learning_rate"; TensorBoard shows the groups together.
@@ -23,8 +24,10 @@ class LearningRateLogger(keras.callbacks.Callback):
     `iterations`), and `m_v` the multiplier in force for variable `v`. A group
     whose variables have different multipliers (say a bias at 2x) logs the
     largest, so the key set never changes from one epoch to the next and 0
-    means the whole group is frozen; `difflr.summary(model, expand=True)`
-    shows each variable.
+    means the whole group is frozen; a warning names such groups when
+    training begins, and `difflr.summary(model, expand=True)` shows each
+    variable. (With `difflr.discriminative` or `GradualUnfreezing`, whose
+    rules are per group, every group has one multiplier.)
 
     The keys reach `History` (`model.fit(...).history["learning_rate/group_0"]`),
     `CSVLogger`, `TensorBoard` and every callback placed after this one: put
@@ -96,32 +99,47 @@ class LearningRateLogger(keras.callbacks.Callback):
                 )
         self.groups = groups
         self.names = names
-        self._variables = None
+        self._groups = self._keys = None
 
     def on_train_begin(self, logs=None):
         model = self.model  # on JAX this syncs the training state
-        find_lr_multiplier(model.optimizer, _WHO)  # fail now, not after an epoch
-        per_group = _group_variables(model, self.groups, _WHO, complete=False)
-        if self.names is not None and len(self.names) != len(per_group):
+        # On TensorFlow the optimizer is built when the first step is traced,
+        # after this: `_inspect` then previews the rules as the build will.
+        groups = self.groups
+        if groups is None:
+            groups = grouping.groups(model)
+        rows = _inspect(model, None, groups, _WHO, sources=False,
+                        complete=False)["rows"]
+        count = len(groups)  # checked by `_inspect`
+        if self.names is not None and len(self.names) != count:
             raise ValueError(
-                f"{_WHO}: {len(self.names)} names {self.names!r} for "
-                f"{len(per_group)} groups (from `difflr.groups(model)`); give "
-                "one name per group."
+                f"{_WHO}: {len(self.names)} names {self.names!r} for {count} "
+                "groups (from `difflr.groups(model)`); give one name per "
+                "group."
             )
-        names = self.names or [f"group_{g}" for g in range(len(per_group))]
-        self._variables = [
-            (_PREFIX + name, [v for _, v in pairs])
-            for name, pairs in zip(names, per_group)
-        ]
+        names = self.names or [f"group_{g}" for g in range(count)]
+        self._groups, self._keys = groups, [_PREFIX + name for name in names]
+        mixed = []
+        for g, key in enumerate(self._keys):
+            values = sorted({r["multiplier"] for r in rows if r["group"] == g})
+            if len(values) > 1:
+                mixed.append(f"'{key}' ({', '.join(f'{m:g}' for m in values)})")
+        if mixed:
+            warnings.warn(
+                f"{_WHO}: some groups train at several multipliers, and each "
+                f"logs its largest: {'; '.join(mixed)}. "
+                "`difflr.summary(model, expand=True)` shows every variable.",
+                stacklevel=2,
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return  # nobody to hand the values to
-        if self._variables is None:
+        if self._keys is None:
             self.on_train_begin()
-        # Reached through `self.model` each time: on JAX that syncs the
-        # optimizer's variables (the base rate, `iterations`) from training.
-        opt = find_lr_multiplier(self.model.optimizer, _WHO)
-        base = float(ops.convert_to_numpy(opt.learning_rate))
-        for key, variables in self._variables:
-            logs[key] = base * max(opt.multiplier_for(v) for v in variables)
+        # Through `self.model` each time: on JAX that syncs the optimizer's
+        # variables (the base rate, `iterations`) from the training state.
+        rows = _inspect(self.model, None, self._groups, _WHO, sources=False,
+                        complete=False)["rows"]
+        for g, key in enumerate(self._keys):
+            logs[key] = max(r["effective_lr"] for r in rows if r["group"] == g)
