@@ -75,7 +75,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
     >>> body = keras.Sequential([keras.layers.Dense(8, activation="relu")],
     ...                         name="body")
     >>> head = keras.layers.Dense(1, name="head")
-    >>> model = keras.Sequential([keras.Input((4,)), body, head])
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, head(body(inputs)))
     >>> opt = difflr.LRMultiplier(keras.optimizers.Adam(1e-3),
     ...                           {body: 0.1, "head/bias": 2.0})
     >>> model.compile(optimizer=opt, loss="mse")
