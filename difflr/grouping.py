@@ -17,7 +17,8 @@ How a model is split, in order of precedence:
    their number (10 after 9). Weighted layers before the first block (and,
    for transformers, every layer named like `*embedding*`) form the first
    group; layers between blocks join the block before them; layers after the
-   last block are split as in 2.
+   last block are split as in 2, except that in a transformer the final norm
+   does not join the last block (it is the norm of all blocks' output).
 2. Any other functional or Sequential model: one group per topological depth,
    counting only layers with trainable variables (two parallel branches at the
    same depth share a group). A nested model is split by its own structure and
@@ -329,7 +330,9 @@ def _by_family(entries, placement, family):
     matched = [i for i, n in enumerate(numbers) if n is not None]
     first, last = matched[0], matched[-1]
     # Depth of the last block, to tell a norm right after it (ResNetV2's
-    # post_bn) from the tail's own layers.
+    # post_bn) from the tail's own layers. A transformer's final norm is not
+    # part of its last block: it gets an id of its own after the blocks in
+    # timm and BEiT, so it stays in the tail.
     block_depth = max(d for i in matched for d, _ in placement[id(layers[i])])
     keyed = []  # (sort key, layers)
     current = None
@@ -342,7 +345,8 @@ def _by_family(entries, placement, family):
             keyed.append(((0, 0), [layer]))
         elif i < last:
             keyed.append(((1, current), [layer]))
-        elif isinstance(layer, NORMALIZATION_LAYERS) and (
+        elif family != "transformer" and isinstance(
+                layer, NORMALIZATION_LAYERS) and (
                 placement[id(layer)][0][0] <= block_depth):
             keyed.append(((1, current), [layer]))
         else:

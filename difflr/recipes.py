@@ -5,11 +5,17 @@ to multipliers, one entry per layer of each group (see `difflr.groups`), so it
 can be merged with rules of your own.
 
 - `discriminative`: fastai / ULMFiT discriminative learning rates.
+- `layerwise_decay`: BEiT / ELECTRA / timm layer-wise learning-rate decay.
+- `no_decay`: decay multipliers of 0 for biases, norms, embeddings, tokens.
 """
 
 import math
 import numbers
+import re
 
+import keras
+
+from difflr import _keras_compat
 from difflr import grouping
 
 
@@ -160,9 +166,177 @@ def _rule_map(layer_groups, multipliers):
             for group, m in zip(layer_groups, multipliers) for layer in group}
 
 
-def layerwise_decay(*args, **kwargs):
-    raise NotImplementedError
+def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
+    """Layer-wise learning-rate decay (BEiT, ELECTRA, timm's LLRD).
+
+    Each group trains `decay` times slower than the group above it: with
+    `n` groups (0 = bottom, `n - 1` = head), group `i` gets
+
+        m_i = max(min_multiplier, decay ** (n - 1 - i))
+
+    This is timm's `param_groups_layer_decay` with its layer ids as the group
+    indices: on a KerasHub-style transformer split by `difflr.groups`
+    (embeddings, `L` blocks `transformer_layer_0..L-1`, then the final norm
+    or head), the embeddings (id 0) get `decay ** (L + 1)`, block `i`
+    (ids 1..L) gets `decay ** (L + 1 - i)` and the head (id `L + 1`) 1.0. The
+    optimizer's base rate is the head's rate.
+
+    Args:
+        model: A built Keras model.
+        decay: The ratio between consecutive groups, `0 < decay <= 1`
+            (BEiT uses 0.65 to 0.75 for base models).
+        min_multiplier: Optional floor for the multipliers, in `[0, 1]`
+            (timm's `min_scale`). Defaults to no floor.
+        groups: Optional list of groups, bottom to head, each a list of layers
+            (or a single layer), covering every trainable variable of `model`
+            exactly once. Defaults to `difflr.groups(model)`.
+
+    Returns:
+        A dict `{layer: multiplier}` covering every layer of every group.
+
+    Raises:
+        TypeError: if `model` is not a Keras model or the groups are
+            malformed.
+        ValueError: if `decay` or `min_multiplier` is out of range, if the
+            model is not built, or if the groups leave out a trainable
+            variable of the model or hold one twice.
+
+    Example:
+
+    >>> import keras, difflr
+    >>> inputs = keras.Input((4,), dtype="int32")
+    >>> x = keras.layers.Embedding(50, 8, name="token_embedding")(inputs)
+    >>> for i in range(3):
+    ...     x = keras.layers.Dense(8, name=f"transformer_layer_{i}")(x)
+    >>> outputs = keras.layers.LayerNormalization(name="final_norm")(x)
+    >>> model = keras.Model(inputs, outputs)
+    >>> rules = difflr.layerwise_decay(model, decay=0.5)
+    >>> {layer.name: m for layer, m in rules.items()}
+    {'token_embedding': 0.0625, 'transformer_layer_0': 0.125, \
+'transformer_layer_1': 0.25, 'transformer_layer_2': 0.5, 'final_norm': 1.0}
+    >>> opt = difflr.LRMultiplier(keras.optimizers.AdamW(1e-3), rules,
+    ...                           decay_multipliers=difflr.no_decay(model))
+    """
+    who = "difflr.layerwise_decay"
+    grouping.check_model(model, who)
+    decay = _number(decay, "decay", who)
+    if not 0 < decay <= 1:
+        raise ValueError(
+            f"{who}: `decay` must be in (0, 1] (each group `decay` times the "
+            f"rate of the one above it); received {decay}."
+        )
+    floor = 0.0
+    if min_multiplier is not None:
+        floor = _number(min_multiplier, "min_multiplier", who)
+        if not 0 <= floor <= 1:
+            raise ValueError(
+                f"{who}: `min_multiplier` must be in [0, 1] (a floor under "
+                f"the multipliers, the head being 1.0); received {floor}."
+            )
+    if groups is None:
+        layer_groups = grouping.groups(model)
+    else:
+        layer_groups = grouping.check_groups(groups, who, model=model)
+    n = len(layer_groups)
+    return _rule_map(layer_groups,
+                     [max(floor, decay ** (n - 1 - i)) for i in range(n)])
 
 
-def no_decay(*args, **kwargs):
-    raise NotImplementedError
+# Variable names (the last part of the path) that timm, BEiT and KerasHub
+# keep out of weight decay: class/distillation/mask/register tokens and
+# position embeddings.
+_NO_DECAY_NAME = re.compile(
+    r"(?:cls|class|dist|distillation|mask|register)_tokens?"
+    r"|pos(?:ition(?:al)?)?_embed(?:ding)?s?|embeddings?"
+)
+
+
+def no_decay(model):
+    """Decay multipliers of 0 for biases, norms, embeddings and tokens.
+
+    The usual exclusions from weight decay (timm's
+    `param_groups_weight_decay`, BERT, BEiT): a variable gets decay
+    multiplier 0 if
+
+    - it is a bias (named `bias`, whatever its shape) or has at most one
+      dimension (`ndim <= 1`: norm scales and offsets, layer scales), or
+    - it belongs to a normalization layer (`BatchNormalization`,
+      `LayerNormalization`, `GroupNormalization`, `RMSNormalization`) or an
+      `Embedding` layer, or
+    - it is named like a token or a position embedding: `cls_token`,
+      `class_token`, `dist_token`, `mask_token`, `register_tokens`,
+      `pos_embed`, `position_embedding(s)`, `embeddings`.
+
+    Everything else (kernels, patch-embedding convs) keeps the optimizer's
+    weight decay. Use it as `decay_multipliers` of `difflr.LRMultiplier`
+    with an optimizer that has `weight_decay` (AdamW, or any Keras optimizer
+    given `weight_decay=`).
+
+    The keys are the normalization and embedding layers, and the exact paths
+    of the other variables (a regular expression matching them all when
+    sub-models repeat a path). Rules you merge in follow the usual
+    precedence: a layer rule of yours beats a path key here.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        A dict from layers and variable paths to 0.0.
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: if the model is not built or has no trainable variables,
+            or if two variables share a path and only one of them is to be
+            excluded (rename the layers).
+
+    Example:
+
+    >>> import keras, difflr
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, name="dense")(inputs)
+    >>> outputs = keras.layers.LayerNormalization(name="norm")(x)
+    >>> model = keras.Model(inputs, outputs)
+    >>> rules = difflr.no_decay(model)
+    >>> [getattr(key, "name", key) for key in rules]
+    ['dense/bias', 'norm']
+    >>> opt = difflr.LRMultiplier(keras.optimizers.AdamW(1e-3, weight_decay=0.05),
+    ...                           decay_multipliers=rules)
+    """
+    who = "difflr.no_decay"
+    grouping.check_model(model, who)
+    whole = {}  # id(variable) -> its normalization or embedding layer
+    for layer in _keras_compat.nested_layers(model):
+        if isinstance(layer, grouping.NORMALIZATION_LAYERS + (keras.layers.Embedding,)):
+            for v in layer.trainable_variables:
+                whole.setdefault(id(v), layer)
+    variables = model.trainable_variables
+    excluded = {
+        id(v) for v in variables
+        if id(v) in whole or v.name == "bias" or len(v.shape) <= 1
+        or _NO_DECAY_NAME.fullmatch(v.name)
+    }
+    by_path = {}
+    for v in variables:
+        by_path.setdefault(v.path, []).append(v)
+    rules = {}
+    for v in variables:
+        if id(v) not in excluded:
+            continue
+        if id(v) in whole:
+            rules[whole[id(v)]] = 0.0
+            continue
+        twins = by_path[v.path]
+        if len(twins) == 1:
+            rules[v.path] = 0.0
+        elif all(id(t) in excluded and id(t) not in whole for t in twins):
+            # An exact path naming several variables is an error for the
+            # resolver; a regular expression may match them all.
+            rules[f"(?:{re.escape(v.path)})"] = 0.0
+        else:
+            raise ValueError(
+                f"{who}: {len(twins)} trainable variables share the path "
+                f"'{v.path}' and only some of them are to be kept out of "
+                "weight decay, so no path rule can tell them apart. Give the "
+                "layers of the sub-models distinct names."
+            )
+    return rules
