@@ -11,9 +11,10 @@ How a model is split, in order of precedence:
 1. A model whose direct layers are named like a known backbone family is split
    by those names (`_FAMILIES`): KerasHub transformer blocks
    `transformer_layer_<i>`, keras.applications ResNet/DenseNet stages
-   `conv<N>_...`, EfficientNet stages `block<N><letter>_...`, MobileNetV2/V3
-   inverted-residual blocks `block_<N>_...` / `expanded_conv[_<N>]_...` and
-   MobileNet blocks `conv_dw_<N>` / `conv_pw_<N>`. Blocks are ordered by
+   `conv<N>_...`, EfficientNet stages `block<N><letter>_...` (VGG and
+   Xception `block<N>_...`), ConvNeXt stages `..._stage_<N>_...`,
+   MobileNetV2/V3 inverted-residual blocks `block_<N>_...` /
+   `expanded_conv[_<N>]_...` and MobileNet blocks `conv_dw_<N>`/`conv_pw_<N>`. Blocks are ordered by
    their number (10 after 9). Weighted layers before the first block (and,
    for transformers, every layer named like `*embedding*`) form the first
    group; layers between blocks join the block before them; layers after the
@@ -44,11 +45,15 @@ NORMALIZATION_LAYERS = tuple(
 )
 
 # family -> regular expression full-matched against a layer name; its first
-# non-empty group is the block number (none: block 0).
+# non-empty group is the block number (none: block 0). A group named `next`
+# belongs to the block after that number (ConvNeXt's downsampling_block_i
+# opens stage i + 1, as in timm's group_matcher).
 _FAMILIES = {
     "transformer": re.compile(r"transformer_layer_(\d+)"),
     "resnet": re.compile(r"conv(\d+)_.*"),
-    "efficientnet": re.compile(r"block(\d+)[a-z]_.*"),
+    # EfficientNet (block2b_...), VGG and Xception (block2_conv1).
+    "efficientnet_vgg": re.compile(r"block(\d+)[a-z]?_.*"),
+    "convnext": re.compile(r".*_stage_(\d+)_.*|.*_downsampling_block_(?P<next>\d+)"),
     "mobilenet_v2_v3": re.compile(r"block_(\d+)_.*|expanded_conv_(?:(\d+)_)?.*"),
     "mobilenet": re.compile(r"conv_(?:dw|pw)_(\d+)(?:_.*)?"),
 }
@@ -69,9 +74,10 @@ def groups(model):
       then `transformer_layer_0`, `transformer_layer_1`, ... in numeric
       order, then the rest), keras.applications ResNet and DenseNet (stem
       `conv1`, then stages `conv2_...` to `conv5_...`), EfficientNet (stem,
-      stages `block1..._` to `block7..._`, then `top_conv`), MobileNetV2/V3
-      (stem, one group per inverted-residual block, then the top convs) and
-      MobileNet (one group per depthwise/pointwise pair).
+      stages `block1..._` to `block7..._`, then `top_conv`; VGG and Xception
+      likewise), ConvNeXt (stem, stages), MobileNetV2/V3 (stem, one group
+      per inverted-residual block, then the top convs) and MobileNet (one
+      group per depthwise/pointwise pair).
     - Any other functional or Sequential model: one group per topological
       depth, counting only layers with trainable variables. A normalization
       layer (BatchNormalization, LayerNormalization, GroupNormalization,
@@ -264,9 +270,9 @@ def _split(layer):
 def _by_depth(entries):
     """Where each weighted layer goes by topological depth.
 
-    Returns a dict, in topological order of first use, from `id(layer)` to a
-    list of `(depth, layers)` (several for a nested model, one per group of
-    its own). A shared layer takes the place of its last use.
+    Returns a dict, in topological order, from `id(layer)` to a list of
+    `(depth, layers)` (several for a nested model, one per group of its own).
+    A shared layer stays where it is first used.
     """
     depth = [0] * len(entries)
     placement = {}
@@ -275,41 +281,57 @@ def _by_depth(entries):
         span = 0
         if _has_trainable(op):
             if _splittable(op):
-                inner = _split(op)
-                placement[id(op)] = [(base + 1 + j, g) for j, g in enumerate(inner)]
-                span = len(inner)
+                if id(op) not in placement:
+                    placement[id(op)] = [
+                        (base + 1 + j, g) for j, g in enumerate(_split(op))]
+                span = len(placement[id(op)])
             elif isinstance(op, NORMALIZATION_LAYERS):
-                placement[id(op)] = [(max(base, 1), [op])]
+                placement.setdefault(id(op), [(max(base, 1), [op])])
             else:
-                placement[id(op)] = [(base + 1, [op])]
+                placement.setdefault(id(op), [(base + 1, [op])])
                 span = 1
         depth[i] = base + span
     return placement
 
 
 def _assemble(placements):
+    """Groups in key order; a layer whose variables an earlier group already
+    holds is left out (a nested backbone's embedding reused by the task
+    model, as tied LM heads do, stays with the embeddings)."""
     slots = {}
     for placement in placements:
         for key, layers in placement:
             slots.setdefault(key, []).extend(layers)
-    return [slots[key] for key in sorted(slots)]
+    result, covered = [], set()
+    for key in sorted(slots):
+        group = []
+        for layer in slots[key]:
+            ids = {id(v) for v in layer.trainable_variables}
+            if not ids <= covered:
+                group.append(layer)
+                covered |= ids
+        if group:
+            result.append(group)
+    return result
 
 
 def _block_number(pattern, name):
     match = pattern.fullmatch(name)
     if match is None:
         return None
+    if match.groupdict().get("next"):
+        return int(match.group("next")) + 1
     number = next((g for g in match.groups() if g), None)
     return int(number) if number is not None else 0
 
 
 def _weighted_layers(entries):
-    """Each weighted layer once, in topological order of its last use."""
-    last = {}
-    for i, (op, _) in enumerate(entries):
+    """Each weighted layer once, in topological order of its first use."""
+    first = {}
+    for op, _ in entries:
         if _has_trainable(op):
-            last[id(op)] = (i, op)
-    return [op for _, op in sorted(last.values(), key=lambda item: item[0])]
+            first.setdefault(id(op), op)
+    return list(first.values())
 
 
 def _family(entries):

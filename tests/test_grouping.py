@@ -38,9 +38,9 @@ def test_functional_groups_by_depth_frozen_left_out_shared_once():
     shared = layers.Dense(4, name="shared")
     x = shared(frozen(inputs))
     x = layers.Dense(4, name="middle")(x)
-    outputs = shared(x)  # used twice: it goes where it is used last
+    outputs = shared(x)  # used twice: it stays where it is first used
     model = keras.Model(inputs, outputs)
-    assert _groups(model) == [["middle"], ["shared"]]
+    assert _groups(model) == [["shared"], ["middle"]]
 
     # Weighted layers at the same depth of parallel branches share a group.
     inputs = keras.Input((6,))
@@ -71,6 +71,12 @@ def test_nested_backbone_is_split_by_its_own_structure_then_the_head():
     model = keras.Model(inputs, outputs)
     assert _groups(model) == [["bb1", "bb1_bn"], ["bb2", "neck_bn"], ["h1"], ["head"]]
 
+    # A backbone layer reused by the task model (tied embeddings) stays in
+    # the backbone's group.
+    outputs = backbone.get_layer("bb1")(layers.Dense(6, name="h2")(x))
+    tied = keras.Model(inputs, outputs)
+    assert _groups(tied) == [["bb1", "bb1_bn"], ["bb2", "neck_bn"], ["h1"], ["h2"]]
+
 
 class _Chain(keras.Model):
     def __init__(self, **kwargs):
@@ -99,7 +105,7 @@ def test_subclassed_models_chain_their_layers_unless_they_own_weights():
     assert difflr.groups(own) == [[own]]
 
 
-def test_resnet_and_efficientnet_names_group_by_stage():
+def test_resnet_efficientnet_vgg_convnext_names_group_by_stage():
     model = named_chain([
         "conv1_conv", "conv1_bn",
         "conv2_block1_1_conv", "conv2_block1_1_bn", "conv2_block2_1_conv",
@@ -129,6 +135,22 @@ def test_resnet_and_efficientnet_names_group_by_stage():
         ["block2a_expand_conv", "block2a_bn", "block2b_expand_conv", "block2b_project_bn"],
         ["top_conv", "top_bn"],
         ["predictions"],
+    ]
+    # VGG (and Xception) stages; ConvNeXt stages, each downsampling block
+    # opening the stage after it (as timm groups them).
+    vgg = named_chain(["block1_conv1", "block1_conv2", "block2_conv1", "fc1", "predictions"])
+    assert _groups(vgg) == [["block1_conv1", "block1_conv2"], ["block2_conv1"],
+                            ["fc1"], ["predictions"]]
+    convnext = named_chain([
+        "convnext_tiny_stem", "convnext_tiny_stage_0_block_0_depthwise_conv",
+        "convnext_tiny_stage_0_block_1_depthwise_conv", "convnext_tiny_downsampling_block_0",
+        "convnext_tiny_stage_1_block_0_depthwise_conv", "convnext_tiny_head_dense"])
+    assert _groups(convnext) == [
+        ["convnext_tiny_stem"],
+        ["convnext_tiny_stage_0_block_0_depthwise_conv",
+         "convnext_tiny_stage_0_block_1_depthwise_conv"],
+        ["convnext_tiny_downsampling_block_0", "convnext_tiny_stage_1_block_0_depthwise_conv"],
+        ["convnext_tiny_head_dense"],
     ]
 
 
