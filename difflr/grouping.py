@@ -9,23 +9,26 @@ every trainable variable of the model is in exactly one group.
 How a model is split, in order of precedence:
 
 1. A model whose direct layers are named like a known backbone family is split
-   by those names (`_FAMILIES`): KerasHub transformer blocks
-   `transformer_layer_<i>`, keras.applications ResNet/DenseNet stages
-   `conv<N>_...`, EfficientNet stages `block<N><letter>_...` (VGG and
-   Xception `block<N>_...`), ConvNeXt stages `..._stage_<N>_...`,
-   MobileNetV2/V3 inverted-residual blocks `block_<N>_...` /
-   `expanded_conv[_<N>]_...` and MobileNet blocks `conv_dw_<N>`/`conv_pw_<N>`. Blocks are ordered by
-   their number (10 after 9). Weighted layers before the first block (and,
-   for transformers, every layer named like `*embedding*`) form the first
-   group; layers between blocks join the block before them; layers after the
-   last block are split as in 2, except that in a transformer the final norm
-   does not join the last block (it is the norm of all blocks' output).
+   by those names (`_FAMILIES`; the family matching the most layers wins):
+   KerasHub transformer blocks `transformer_layer_<i>`, keras.applications
+   ResNet/DenseNet stages `conv<N>_...`, EfficientNet stages
+   `block<N><letter>_...` (VGG and Xception `block<N>_...`), ConvNeXt stages
+   `..._stage_<N>_...`, MobileNetV2/V3 inverted-residual blocks
+   `block_<N>_...` / `expanded_conv[_<N>]_...` and MobileNet blocks
+   `conv_dw_<N>` / `conv_pw_<N>`. Blocks are ordered by their number (10
+   after 9). Weighted layers before the first block (and, for transformers,
+   every layer named like `*embedding*`) form the first group; layers between
+   blocks join the block before them; layers after the last block are split
+   as in 2, a normalization layer right after the last block joining it
+   (ResNetV2's `post_bn`) except in a transformer, whose final norm is the
+   norm of all blocks' output and has an id of its own in timm and BEiT.
 2. Any other functional or Sequential model: one group per topological depth,
    counting only layers with trainable variables (two parallel branches at the
    same depth share a group). A nested model is split by its own structure and
    its groups take consecutive depths. A normalization layer joins the group
    of the weighted layer before it (fastai keeps BatchNorm with its conv), or
-   the first group if none comes before it.
+   the first group if none comes before it. A shared layer stays where it is
+   first used.
 3. A subclassed model: its direct layers as a chain, in the order they were
    assigned. A model that owns variables of its own (not through a sub-layer)
    and every other layer with weights stays whole: one group.
@@ -78,10 +81,14 @@ def groups(model):
       likewise), ConvNeXt (stem, stages), MobileNetV2/V3 (stem, one group
       per inverted-residual block, then the top convs) and MobileNet (one
       group per depthwise/pointwise pair).
+      A normalization layer right after the last block joins it, except a
+      transformer's final norm, which gets a group of its own (as in timm).
     - Any other functional or Sequential model: one group per topological
-      depth, counting only layers with trainable variables. A normalization
-      layer (BatchNormalization, LayerNormalization, GroupNormalization,
-      RMSNormalization) joins the group of the weighted layer before it.
+      depth, counting only layers with trainable variables (parallel branches
+      share a group). A normalization layer (BatchNormalization,
+      LayerNormalization, GroupNormalization, RMSNormalization) joins the
+      group of the weighted layer before it, as fastai keeps BatchNorm with
+      its conv. A shared layer stays where it is first used.
     - A nested model (a backbone) is split by its own structure, in place: the
       head layers after it form the last group(s).
     - A subclassed model: its direct layers in the order they were assigned.

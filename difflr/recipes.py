@@ -135,6 +135,12 @@ def _groups_of(groups, who):
     """The groups of a model, or a list of groups checked."""
     if isinstance(groups, (list, tuple)):
         return grouping.check_groups(groups, who)
+    if not isinstance(groups, keras.layers.Layer):
+        raise TypeError(
+            f"{who}: `groups` must be a Keras model (split with "
+            "`difflr.groups`) or a list of groups, each a list of layers; "
+            f"received {groups!r} of type {type(groups).__name__}."
+        )
     grouping.check_model(groups, who)
     return grouping.groups(groups)
 
@@ -152,12 +158,15 @@ def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
 
         m_i = max(min_multiplier, decay ** (n - 1 - i))
 
-    This is timm's `param_groups_layer_decay` with its layer ids as the group
-    indices: on a KerasHub-style transformer split by `difflr.groups`
-    (embeddings, `L` blocks `transformer_layer_0..L-1`, then the final norm
-    or head), the embeddings (id 0) get `decay ** (L + 1)`, block `i`
-    (ids 1..L) gets `decay ** (L + 1 - i)` and the head (id `L + 1`) 1.0. The
-    optimizer's base rate is the head's rate.
+    This is timm's `param_groups_layer_decay`, the group indices being its
+    layer ids (timm also numbers its groups consecutively and gives the last
+    one 1.0). On a KerasHub-style backbone split by `difflr.groups`
+    (embeddings, `L` blocks `transformer_layer_0..L-1`, final norm) the
+    embeddings (id 0) get `decay ** (L + 1)`, `transformer_layer_k` (id
+    `k + 1`) gets `decay ** (L - k)` and the final norm (id `L + 1`) 1.0.
+    With a classifier on top, the classifier is id `L + 2` at 1.0 and
+    everything below moves down one step, as timm's ViT (final norm and head
+    apart). The optimizer's base rate is the head's rate.
 
     Args:
         model: A built Keras model.
