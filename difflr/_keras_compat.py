@@ -28,6 +28,9 @@ The private names, and why each is unavoidable:
   the innermost layer out.
 - a functional model's `_nodes_by_depth` and `Node.parent_nodes`: its graph,
   to split it into layer groups by topological depth (`difflr.groups`).
+- `keras.src.backend.torch.trainer.TorchTrainer.train_step`: recognised on the
+  call stack, to refuse `model.fit` in a multi-process torch group, where
+  Keras's torch trainer would not synchronise gradients.
 """
 
 import sys
@@ -236,3 +239,26 @@ def find_model(variables, max_depth=12):
                     return value
         frame = frame.f_back
     return None
+
+
+def called_from_keras_torch_train_step(max_depth=16):
+    """Whether the torch backend's own `Model.train_step` is on the call stack.
+
+    That `train_step` (used by `fit` and `train_on_batch`, also when a
+    subclass calls `super().train_step`) computes and applies gradients in
+    one process: it has no cross-process gradient synchronisation. A few
+    frames separate it from the optimizer (`LossScaleOptimizer`, ...).
+    Checked against Keras 3.12.0 to 3.15.1, where it lives in
+    `keras.src.backend.torch.trainer`.
+    """
+    from keras.src.backend.torch import trainer
+
+    target = trainer.TorchTrainer.train_step.__code__
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if frame.f_code is target:
+            return True
+        frame = frame.f_back
+    return False

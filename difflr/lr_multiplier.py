@@ -275,6 +275,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 f"LRMultiplier.apply received {len(grads)} gradients for "
                 f"{len(trainable_variables)} variables."
             )
+        if self._is_torch:
+            _refuse_unsynchronised_torch_fit()
         inner = self.inner_optimizer
         pairs = [
             (g, v) for g, v in zip(grads, trainable_variables)
@@ -555,6 +557,36 @@ class LRMultiplier(keras.optimizers.Optimizer):
 def _read(variable):
     """The current value of a Keras or backend variable, as a tensor."""
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _refuse_unsynchronised_torch_fit():
+    """Raises when Keras's own torch `train_step` runs in a process group.
+
+    Keras has no multi-process `fit` on the torch backend (`keras.distribution`
+    is JAX-only): its `train_step` neither wraps the model in
+    `DistributedDataParallel` nor all-reduces gradients, so every process
+    would silently train a diverging copy of the model. Custom loops over a
+    `DistributedDataParallel` model, whose gradients are averaged, are fine.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if world > 1 and _keras_compat.called_from_keras_torch_train_step():
+        raise RuntimeError(
+            "LRMultiplier is being applied by Keras's own `train_step` "
+            "(`model.fit` / `train_on_batch`) on the torch backend while "
+            f"torch.distributed runs a process group of world size {world}. "
+            "Keras's torch trainer does not synchronise gradients across "
+            "processes, so each process would train its own diverging copy "
+            "of the model. Train in a custom loop instead: wrap the model in "
+            "`torch.nn.parallel.DistributedDataParallel`, call "
+            "`loss.backward()` through it, then `optimizer.apply([v.value.grad "
+            "for v in model.trainable_variables], model.trainable_variables)`"
+            " (see the README, 'Distributed training'). Or use the JAX "
+            "backend's `keras.distribution` or TensorFlow's `tf.distribute`."
+        )
 
 
 def _wrapped_optimizer(optimizer):
