@@ -47,9 +47,9 @@ def number(value, name, who, low=None, high=None, low_open=False,
             bounds.append(f"{'>' if low_open else '>='} {low:g}")
         if high is not None:
             bounds.append(f"{'<' if high_open else '<='} {high:g}")
-        accepted = " and ".join(bounds) if bounds else "finite"
+        accepted = (" " + " and ".join(bounds)) if bounds else ""
         raise ValueError(
-            f"{who}: `{name}` must be a finite number {accepted}; received "
+            f"{who}: `{name}` must be a finite number{accepted}; received "
             f"{value}."
         )
     return value
