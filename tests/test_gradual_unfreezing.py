@@ -13,13 +13,13 @@ from difflr.callbacks import GradualUnfreezing
 N = 16  # samples: two batches of 8 an epoch
 
 
-def _data(seed=0):
+def data(seed=0):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(N, 4)).astype("float32"),
             rng.normal(size=(N, 2)).astype("float32"))
 
 
-def _mlp(seed=3):
+def mlp(seed=3):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
     g0 = keras.layers.Dense(5, activation="tanh", name="g0")
@@ -29,7 +29,7 @@ def _mlp(seed=3):
     return model, [[g0], [g1], [head]]
 
 
-class _Recorder(keras.callbacks.Callback):
+class Recorder(keras.callbacks.Callback):
     """Weights and multipliers (of each group's kernel) at every epoch end."""
 
     def __init__(self, groups):
@@ -43,40 +43,40 @@ class _Recorder(keras.callbacks.Callback):
         self.multipliers.append([opt.multiplier_for(g[0].kernel) for g in self.groups])
 
 
-def _numpy_reference(params, x, y, epochs, lr, momentum, wd, rates, unfreeze_at):
-    """Keras SGD (momentum, decoupled decay) on the tanh MLP, by hand, where
-    the variables of group j train at lr * rates[j] from epoch unfreeze_at[j]
-    on and are paused (no update, no decay, velocity untouched) before."""
+def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
+    """Keras SGD (momentum, decoupled decay) on `mlp` by hand, batches of 8
+    in order. `rates[t][j]` is the learning rate of group j at step t, 0 for
+    paused (no update, no decay, velocity untouched). Returns the parameters
+    after every step."""
     params = [p.astype("float64") for p in params]
     velocity = [np.zeros_like(p) for p in params]
     history = []
-    for epoch in range(epochs):
-        for start in range(0, N, 8):
-            xb, yb = x[start:start + 8], y[start:start + 8]
-            w0, b0, w1, b1, w2, b2 = params
-            a0 = np.tanh(xb @ w0 + b0)
-            a1 = np.tanh(a0 @ w1 + b1)
-            out = a1 @ w2 + b2
-            d_out = 2 * (out - yb) / out.size
-            d_z1 = (d_out @ w2.T) * (1 - a1 ** 2)
-            d_z0 = (d_z1 @ w1.T) * (1 - a0 ** 2)
-            grads = [xb.T @ d_z0, d_z0.sum(0), a0.T @ d_z1, d_z1.sum(0),
-                     a1.T @ d_out, d_out.sum(0)]
-            for i, g in enumerate(grads):
-                group = i // 2
-                if epoch < unfreeze_at[group]:
-                    continue
-                rate = lr * rates[group]
-                params[i] = params[i] - params[i] * wd * rate
-                velocity[i] = momentum * velocity[i] - rate * g
-                params[i] = params[i] + velocity[i]
+    for t, step_rates in enumerate(rates):
+        start = 8 * t % len(x)
+        xb, yb = x[start:start + 8], y[start:start + 8]
+        w0, b0, w1, b1, w2, b2 = params
+        a0 = np.tanh(xb @ w0 + b0)
+        a1 = np.tanh(a0 @ w1 + b1)
+        out = a1 @ w2 + b2
+        d_out = 2 * (out - yb) / out.size
+        d_z1 = (d_out @ w2.T) * (1 - a1 ** 2)
+        d_z0 = (d_z1 @ w1.T) * (1 - a0 ** 2)
+        grads = [xb.T @ d_z0, d_z0.sum(0), a0.T @ d_z1, d_z1.sum(0),
+                 a1.T @ d_out, d_out.sum(0)]
+        for i, g in enumerate(grads):
+            rate = step_rates[i // 2]
+            if rate == 0:
+                continue
+            params[i] = params[i] - params[i] * wd * rate
+            velocity[i] = momentum * velocity[i] - rate * g
+            params[i] = params[i] + velocity[i]
         history.append([p.copy() for p in params])
     return history
 
 
 def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
-    x, y = _data()
-    model, groups = _mlp()
+    x, y = data()
+    model, groups = mlp()
     initial = [to_numpy(v).copy() for v in model.trainable_variables]
     g0, g1, head = (g[0] for g in groups)
     # multipliers=None: the rates once unfrozen are the compiled ones.
@@ -84,7 +84,7 @@ def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
         keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.01),
         {g0: 0.25, g1: 0.5})
     model.compile(optimizer=opt, loss="mse")
-    recorder = _Recorder(groups)
+    recorder = Recorder(groups)
     model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
               callbacks=[GradualUnfreezing(groups, every=1), recorder])
 
@@ -97,8 +97,10 @@ def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
                 np.testing.assert_array_equal(w, w0, err_msg=f"epoch {epoch}, {i}")
             else:
                 assert not np.array_equal(w, w0), f"epoch {epoch}, variable {i}"
-    expected = _numpy_reference(initial, x, y, 4, lr=0.1, momentum=0.9, wd=0.01,
-                                rates=[0.25, 0.5, 1.0], unfreeze_at=unfreeze_at)
+    rates = [[0.1 * m if step // 2 >= u else 0.0
+              for m, u in zip([0.25, 0.5, 1.0], unfreeze_at)]
+             for step in range(8)]  # two steps an epoch
+    expected = mlp_sgd_reference(initial, x, y, rates, momentum=0.9, wd=0.01)[1::2]
     for epoch, (weights, reference) in enumerate(zip(recorder.weights, expected)):
         for i, (w, r) in enumerate(zip(weights, reference)):
             np.testing.assert_allclose(w, r, rtol=1e-4, atol=1e-6,
@@ -106,7 +108,7 @@ def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
 
 
 def _resumable():
-    model, groups = _mlp()
+    model, groups = mlp()
     # keep_frozen_state=True: the loaded optimizer then gives state to the
     # groups saved at multiplier 0, as the original one had.
     model.compile(optimizer=difflr.LRMultiplier(keras.optimizers.Adam(0.02),
@@ -121,10 +123,10 @@ def _callback(groups, multipliers):
 
 
 def test_resuming_after_load_model_continues_exactly(tmp_path):
-    x, y = _data()
+    x, y = data()
     model, groups = _resumable()
     rates = difflr.discriminative(groups, factor=2.0)  # 0.25, 0.5, 1
-    recorder = _Recorder(groups)
+    recorder = Recorder(groups)
     model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0,
               callbacks=[_callback(groups, rates), recorder])
     # g1 unfreezes at 1 and ramps over two epochs, g0 at 3.
@@ -141,7 +143,7 @@ def test_resuming_after_load_model_continues_exactly(tmp_path):
     loaded = keras.models.load_model(path)
     loaded_groups = [[loaded.get_layer(name)] for name in ("g0", "g1", "head")]
     rates3 = difflr.discriminative(loaded_groups, factor=2.0)
-    recorder2 = _Recorder(loaded_groups)
+    recorder2 = Recorder(loaded_groups)
     loaded.fit(x, y, batch_size=8, initial_epoch=2, epochs=5, shuffle=False,
                verbose=0, callbacks=[_callback(loaded_groups, rates3), recorder2])
     assert recorder2.multipliers == recorder.multipliers[2:]
@@ -150,7 +152,7 @@ def test_resuming_after_load_model_continues_exactly(tmp_path):
 
 
 def test_resuming_with_rates_read_from_a_loaded_optimizer_raises(tmp_path):
-    x, y = _data()
+    x, y = data()
     model, groups = _resumable()
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
               callbacks=[_callback(groups, None)])
@@ -165,7 +167,7 @@ def test_resuming_with_rates_read_from_a_loaded_optimizer_raises(tmp_path):
     # The same callback object across two fits keeps what it read first.
     model2, groups2 = _resumable()
     callback = _callback(groups2, None)
-    recorder = _Recorder(groups2)
+    recorder = Recorder(groups2)
     model2.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
     model2.fit(x, y, batch_size=8, initial_epoch=2, epochs=4, verbose=0,
                callbacks=[callback, recorder])
@@ -173,8 +175,8 @@ def test_resuming_with_rates_read_from_a_loaded_optimizer_raises(tmp_path):
 
 
 def test_groups_frozen_when_the_optimizer_was_built():
-    x, y = _data()
-    model, groups = _mlp()
+    x, y = data()
+    model, groups = mlp()
     g0 = groups[0][0]
     model.compile(optimizer=difflr.LRMultiplier("sgd", {g0: 0.0}), loss="mse")
     # Rates read from the optimizer: g0's is 0, so it stays frozen for good
@@ -185,7 +187,7 @@ def test_groups_frozen_when_the_optimizer_was_built():
     for v, v0 in zip(g0.trainable_variables, before):
         np.testing.assert_array_equal(to_numpy(v), v0)
     # Asking for a rate the optimizer cannot give fails before training.
-    model, groups = _mlp()
+    model, groups = mlp()
     model.compile(optimizer=difflr.LRMultiplier("sgd", {groups[0][0]: 0.0}),
                   loss="mse")
     with pytest.raises(ValueError, match=r"cannot unfreeze group 0 \(g0\).*had "
@@ -197,7 +199,7 @@ def test_groups_frozen_when_the_optimizer_was_built():
 
 @pytest.mark.parametrize("train_bn", [True, False])
 def test_normalization_layers_in_frozen_groups(train_bn):
-    x, y = _data()
+    x, y = data()
     keras.utils.set_random_seed(5)
     inputs = keras.Input((4,))
     body = keras.layers.Dense(6, name="body")
@@ -221,12 +223,12 @@ def test_normalization_layers_in_frozen_groups(train_bn):
 
 def test_default_groups_and_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
-    x, y = _data()
-    model, groups = _mlp()
+    x, y = data()
+    model, groups = mlp()
     model.compile(optimizer=difflr.LRMultiplier(keras.optimizers.SGD(0.1)),
                   loss="mse")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    recorder = _Recorder(groups)
+    recorder = Recorder(groups)
     model.fit(x, y, batch_size=8, epochs=3, verbose=0,
               callbacks=[GradualUnfreezing(every=2), recorder])  # difflr.groups
     assert recorder.multipliers == [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0],
@@ -249,8 +251,8 @@ def test_bad_arguments_raise_clear_errors():
         with pytest.raises(error, match=match):
             make()
 
-    x, y = _data()
-    model, groups = _mlp()
+    x, y = data()
+    model, groups = mlp()
     stranger = keras.layers.Dense(2, name="stranger")
     stranger.build((None, 3))
 

@@ -170,23 +170,24 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.verbose = verbose
         self._plan = None  # set when training begins
         self._first_epoch = True
+        self._who = _WHO  # `difflr.fine_tune` names itself in the errors
 
     # Keras calls these.
 
     def on_train_begin(self, logs=None):
         model = self.model  # on JAX this syncs the training state
-        find_lr_multiplier(model.optimizer, _WHO)  # fail now, not in an epoch
+        find_lr_multiplier(model.optimizer, self._who)  # fail now, not in an epoch
         plan = self._plan
         if plan is None or plan.model() is not model:
-            self._plan = _Plan(model, self, _WHO)
-        built_optimizer(model, _WHO)
+            self._plan = _Plan(model, self, self._who)
+        built_optimizer(model, self._who)
         self._first_epoch = True
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._plan is None:
             self.on_train_begin()
         plan = self._plan
-        opt = find_lr_multiplier(self.model.optimizer, _WHO)
+        opt = find_lr_multiplier(self.model.optimizer, self._who)
         if self._first_epoch:
             self._first_epoch = False
             if plan.targets is None:
@@ -197,7 +198,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if self.verbose:
             for j in plan.unfrozen_at(epoch):
                 names = ", ".join(layer.name for layer in plan.groups[j])
-                print(f"\nEpoch {epoch + 1}: {_WHO} unfreezes group {j} "
+                print(f"\nEpoch {epoch + 1}: {self._who} unfreezes group {j} "
                       f"({names}).")
 
 

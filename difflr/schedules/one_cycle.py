@@ -80,17 +80,20 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            pos = ops.minimum(
-                ops.divide(ops.cast(step, "float32"),
-                           float(self.total_steps)), 1.0)
-            peak, start = self.max_lr, self.max_lr / self.div
-            end = self.max_lr / self.div_final
-            # With pct_start == 0 the rising phase is never selected; the
-            # substitute divisor only keeps its (unused) branch finite.
-            rising = _cos_anneal(start, peak, pos / (self.pct_start or 1.0))
-            falling = _cos_anneal(
-                peak, end, (pos - self.pct_start) / (1.0 - self.pct_start))
-            return ops.where(ops.less(pos, self.pct_start), rising, falling)
+            return self._rate(ops, ops.cast(step, "float32"))
+
+    def _rate(self, xp, step):
+        """The rate at float32 `step`s, with `xp` either `keras.ops` or
+        NumPy: `difflr.fine_tune` lays out a whole cycle on the host."""
+        pos = xp.minimum(step / float(self.total_steps), 1.0)
+        peak, start = self.max_lr, self.max_lr / self.div
+        end = self.max_lr / self.div_final
+        # With pct_start == 0 the rising phase is never selected; the
+        # substitute divisor only keeps its (unused) branch finite.
+        rising = _cos_anneal(xp, start, peak, pos / (self.pct_start or 1.0))
+        falling = _cos_anneal(
+            xp, peak, end, (pos - self.pct_start) / (1.0 - self.pct_start))
+        return xp.where(xp.less(pos, self.pct_start), rising, falling)
 
     def get_config(self):
         return {
@@ -103,7 +106,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def _cos_anneal(start, end, fraction):
+def _cos_anneal(xp, start, end, fraction):
     """fastai's `sched_cos`: from `start` at 0 to `end` at 1, cosine-shaped.
 
     `start + (1 + cos(pi * (1 - x))) * (end - start) / 2`, written as
@@ -113,5 +116,5 @@ def _cos_anneal(start, end, fraction):
     cancelling `start - start`.
     """
     half_angle = (math.pi / 2.0) * (1.0 - fraction)
-    return (start * ops.square(ops.sin(half_angle))
-            + end * ops.square(ops.cos(half_angle)))
+    return (start * xp.square(xp.sin(half_angle))
+            + end * xp.square(xp.cos(half_angle)))
