@@ -245,7 +245,7 @@ def test_bad_arguments_raise_clear_errors():
         (lambda: GradualUnfreezing(schedule=[-1]), ValueError, r"`schedule\[0\]` must be an integer >= 0"),
         (lambda: GradualUnfreezing(ramp_epochs=-1), ValueError, r"`ramp_epochs`"),
         (lambda: GradualUnfreezing(train_bn="yes"), TypeError, r"`train_bn` must be True or False"),
-        (lambda: GradualUnfreezing(multipliers={"g0/kernel": -1.0}), ValueError, r"non-negative"),
+        (lambda: GradualUnfreezing(multipliers={"g0/kernel": -1.0}), ValueError, r"GradualUnfreezing\(multipliers=...\): .*non-negative"),
         (lambda: GradualUnfreezing(groups="g0"), TypeError, r"GradualUnfreezing: the groups must be a list"),
     ]:
         with pytest.raises(error, match=match):

@@ -159,7 +159,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
             grouping.check_groups(groups, _WHO)  # the model is checked later
         self.groups = groups
         # Parsed now so that a bad rule map fails here, resolved at training.
-        self._rules = None if multipliers is None else _rules.parse(multipliers, _LR)
+        self._rules = None
+        if multipliers is not None:
+            try:
+                self._rules = _rules.parse(multipliers, _LR)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{_WHO}(multipliers=...): {e}") from None
         self.multipliers = multipliers
         self.ramp_epochs = _checks.integer(ramp_epochs, "ramp_epochs", _WHO,
                                            minimum=0)
