@@ -171,8 +171,12 @@ class LRMultiplier(keras.optimizers.Optimizer):
         lr_values, decay_values = self._resolve(var_list, model)
 
         self._active_positions = [
-            i for i, m in enumerate(lr_values) if m != 0 or self.keep_frozen_state
+            i for i, m in enumerate(lr_values)
+            if m != 0 or self.keep_frozen_state or had_state[i]
         ]
+        # A loaded optimizer gives state to the variables that had it when
+        # saved, including those paused since: their saved state must load.
+        had_state = (self._saved or {}).get("has_state") or [False] * len(lr_values)
         if not self._active_positions:
             raise ValueError(
                 "Every trainable variable has learning-rate multiplier 0, so "
@@ -661,3 +665,5 @@ def find_lr_multiplier(optimizer, who):
             "with `optimizer=difflr.LRMultiplier(<your optimizer>, ...)`."
         )
     return seen
+                "has_state": [i in set(self._active_positions)
+                              for i in range(len(self._trainable_variables))],

@@ -81,6 +81,29 @@ def test_set_multipliers_changes_survive_saving(tmp_path):
     assert loaded.optimizer.multiplier_for(loaded.trainable_variables[2]) == 0.1
 
 
+def test_a_variable_paused_after_build_keeps_its_saved_state(tmp_path):
+    """Paused by set_multipliers (as GradualUnfreezing does), a variable still
+    has optimizer state: the loaded optimizer must restore it, not drop it,
+    and unfreezing it after loading must continue as an uninterrupted run."""
+    x, y = _data()
+    model, opt = _compiled()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    body = model.get_layer("body")
+    opt.set_multipliers({body: 0.0})
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert len(loaded.optimizer.variables) == len(opt.variables)
+    for a, b in zip(loaded.optimizer.variables, opt.variables):
+        assert_close(a, b, rtol=0, atol=0, what=b.path)
+    for m, o in ((model, opt), (loaded, loaded.optimizer)):
+        o.set_multipliers({m.get_layer("body").layers[1]: 0.3})
+        m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(loaded.weights, model.weights):
+        assert_close(a, b, rtol=1e-5, atol=1e-6, what=b.path)
+
+
 def test_unbuilt_optimizer_with_string_rules_saves_its_rules(tmp_path):
     model, body = _model()
     opt = difflr.LRMultiplier("adam", {"head/.*": 2.0},
