@@ -59,10 +59,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
     from it: pass `multipliers` explicitly when you may resume (a fresh
     callback with the same arguments and `fit(initial_epoch=k)` then
     continues exactly). With `multipliers=None`, resuming at an epoch where
-    a group is still frozen or ramping raises an error that says so.
-    Compile with `keep_frozen_state=True` too: a loaded optimizer gives
-    optimizer state only to the variables whose saved multiplier is non-zero
-    unless it is set, and then cannot unfreeze the others.
+    a group is still frozen or ramping raises an error that says so. The
+    optimizer state of the frozen groups is saved and loaded with the model.
 
     **Normalization layers** (BatchNormalization, LayerNormalization,
     GroupNormalization, RMSNormalization). With `train_bn=True` (the
@@ -129,8 +127,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
     >>> model = keras.Model(inputs, head(body2(body1(inputs))))
     >>> groups = [[body1], [body2], [head]]
     >>> rates = difflr.discriminative(groups, factor=2.6)
-    >>> model.compile(difflr.LRMultiplier(keras.optimizers.Adam(1e-3),
-    ...                                   keep_frozen_state=True), loss="mse")
+    >>> model.compile(difflr.LRMultiplier(keras.optimizers.Adam(1e-3)),
+    ...               loss="mse")
     >>> unfreeze = difflr.callbacks.GradualUnfreezing(groups, every=1,
     ...                                               multipliers=rates)
     >>> _ = model.fit(np.ones((8, 4)), np.zeros((8, 1)), epochs=2,
@@ -356,7 +354,5 @@ class _Plan:
                     f"{self.who} freezes the groups itself when training "
                     "begins, after the optimizer has given them state: compile "
                     "without multiplier 0 for the groups it will unfreeze, or "
-                    "build the LRMultiplier with `keep_frozen_state=True`. "
-                    "(A model saved while groups were frozen and loaded again "
-                    "needs `keep_frozen_state=True` as well.)"
+                    "build the LRMultiplier with `keep_frozen_state=True`."
                 ) from None
