@@ -1,6 +1,7 @@
 """`python -m difflr`: command-line entry points.
 
     python -m difflr check    per-copy contract check on this machine's backend
+    python -m difflr demo     what differential learning rates buy, on real data
 """
 
 import argparse
@@ -39,6 +40,14 @@ def main(argv=None):
         "check", help="check the per-variable contract for every built-in "
                       "Keras optimizer on this machine's backend")
     check.set_defaults(run=_check)
+    from difflr.demo import cli as demo_cli
+
+    demo = commands.add_parser(
+        "demo", help="what differential learning rates buy: pretrain a small "
+                     "CNN on digits, fine-tune it for a new task with few "
+                     "labels, compare the ULMFiT fine-tuning recipes")
+    demo_cli.add_arguments(demo)
+    demo.set_defaults(run=lambda args: demo_cli.run(args, demo))
     args = parser.parse_args(argv)
     return args.run(args)
 

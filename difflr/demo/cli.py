@@ -1,0 +1,233 @@
+"""`python -m difflr demo`: its options and what it prints and writes."""
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import sys
+
+import keras
+
+from difflr.demo import arms as arms_lib
+from difflr.demo import data
+from difflr.demo import experiment
+
+DESCRIPTION = """\
+What differential learning rates buy, on real data, in a few minutes on a
+laptop CPU (no network: the data set ships with scikit-learn).
+
+A small CNN is pretrained on half of scikit-learn's 8x8 digits (the 10-way
+digit label), once per seed. It is then fine-tuned, with a fresh head, on the
+other half for a new task, the label `digit % 3`, from only a few labelled
+images per digit, and tested on the rest of that half. Each arm treats the
+learning rates its own way, mirroring the rows of ULMFiT's classifier
+fine-tuning ablation (Howard & Ruder 2018, Table 7):
+
+{arms}
+
+Every arm runs over the same grid of base learning rates (Adam, the head's
+rate) and the same seeds. The table gives, per arm, the best and the worst
+mean accuracy over the grid, with the standard deviation over seeds. The
+control pretrains on pixel-shuffled images, whose features do not transfer.
+
+Runs are deterministic for a given seed and backend. The backend is the one
+KERAS_BACKEND selects. Needs scikit-learn and matplotlib:
+`pip install keras-difflr[demo]`.
+"""
+
+
+def _arm_lines():
+    return "\n".join(f"  {arm.name:<12} {arm.ulmfit_row:<19} {arm.description}"
+                     for arm in arms_lib.ARMS.values())
+
+
+def _count(name, low, high):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number from {low} to {high}; "
+                f"received {text!r}.") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be from {low} to {high}; received {value}.")
+        return value
+    return parse
+
+
+def _learning_rates(text):
+    rates = []
+    for piece in text.split(","):
+        try:
+            rate = float(piece)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"base learning rates must be positive numbers separated by "
+                f"commas, like 0.001,0.01,0.1; {piece.strip()!r} in {text!r} "
+                "is not a number.") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise argparse.ArgumentTypeError(
+                f"base learning rates must be positive and finite; received "
+                f"{piece.strip()} in {text!r}.")
+        if rate in rates:
+            raise argparse.ArgumentTypeError(
+                f"the base learning rate {rate:g} is listed twice in {text!r}.")
+        rates.append(rate)
+    return tuple(rates)
+
+
+def _arm_names(text):
+    names = [piece.strip() for piece in text.split(",")]
+    for name in names:
+        if name not in arms_lib.ARMS:
+            raise argparse.ArgumentTypeError(
+                f"unknown arm {name!r} in {text!r}; the arms are "
+                f"{', '.join(arms_lib.ARMS)}.")
+        if names.count(name) > 1:
+            raise argparse.ArgumentTypeError(
+                f"the arm {name!r} is listed twice in {text!r}.")
+    return tuple(names)
+
+
+def add_arguments(parser):
+    """Adds the demo's options to `parser` (an argparse parser)."""
+    parser.description = DESCRIPTION.format(arms=_arm_lines())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    size = parser.add_mutually_exclusive_group()
+    quick, full = experiment.QUICK, experiment.FULL
+    size.add_argument(
+        "--quick", dest="preset", action="store_const", const="quick",
+        help=f"the default: {len(quick.seeds)} seeds, base rates "
+             f"{','.join(f'{lr:g}' for lr in quick.lrs)}, every arm but "
+             "freez, and the control for "
+             f"{', '.join(quick.control_arms)}; under 3 minutes on 2 cores")
+    size.add_argument(
+        "--full", dest="preset", action="store_const", const="full",
+        help=f"{len(full.seeds)} seeds, base rates "
+             f"{','.join(f'{lr:g}' for lr in full.lrs)}, every arm, also on "
+             "the control; about 10 minutes on 2 cores")
+    parser.set_defaults(preset="quick")
+    parser.add_argument(
+        "--out", metavar="DIR",
+        help="also write results.csv (one row per run), results.md (the "
+             "tables, setup and machine) and two PNG plots "
+             "(accuracy_vs_lr.png, learning_rates.png) into DIR, created if "
+             "missing; existing files of those names are replaced")
+    parser.add_argument(
+        "--seeds", metavar="N", type=_count("--seeds", 1, 100),
+        help="run seeds 0 to N-1 instead of the preset's")
+    parser.add_argument(
+        "--lrs", metavar="LR,LR,...", type=_learning_rates,
+        help="the grid of base learning rates instead of the preset's, "
+             "e.g. 0.001,0.01,0.1")
+    parser.add_argument(
+        "--arms", metavar="ARM,ARM,...", type=_arm_names,
+        help="run only these arms (and the pretrained ones among them on the "
+             f"control); from: {', '.join(arms_lib.ARMS)}")
+    parser.add_argument(
+        "--no-control", action="store_true",
+        help="skip the control (pretraining on pixel-shuffled images)")
+    parser.add_argument(
+        "--shots", metavar="K", type=_count("--shots", 1, data.MAX_SHOTS),
+        help=f"labelled images per digit for fine-tuning (default "
+             f"{quick.shots})")
+    parser.add_argument(
+        "--epochs", metavar="E", type=_count("--epochs", 1, 100),
+        help=f"fine-tuning epochs (default {quick.epochs}; gradual "
+             "unfreezing unfreezes one group of four per epoch)")
+
+
+def config_from(args):
+    """The `experiment.Config` the parsed options ask for."""
+    config = experiment.QUICK if args.preset == "quick" else experiment.FULL
+    changes = {}
+    if args.seeds is not None:
+        changes["seeds"] = tuple(range(args.seeds))
+    if args.lrs is not None:
+        changes["lrs"] = args.lrs
+    if args.arms is not None:
+        changes["arms"] = args.arms
+        changes["control_arms"] = args.arms
+    if args.no_control:
+        changes["control_arms"] = ()
+    if args.shots is not None:
+        changes["shots"] = args.shots
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    return dataclasses.replace(config, **changes)
+
+
+def command_line(args):
+    """The command, as it would be typed, for the record."""
+    words = ["python", "-m", "difflr", "demo", f"--{args.preset}"]
+    for option in ("seeds", "shots", "epochs"):
+        if getattr(args, option) is not None:
+            words += [f"--{option}", str(getattr(args, option))]
+    if args.lrs is not None:
+        words += ["--lrs", ",".join(f"{lr:g}" for lr in args.lrs)]
+    if args.arms is not None:
+        words += ["--arms", ",".join(args.arms)]
+    if args.no_control:
+        words.append("--no-control")
+    if args.out is not None:
+        words += ["--out", args.out]
+    return (f"KERAS_BACKEND={keras.backend.backend()} "
+            + " ".join(shlex.quote(w) for w in words))
+
+
+def _check_out(out):
+    """Creates `out` if needed; returns an error message or None."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return (f"--out {out!r} is an existing file; give a directory (it is "
+                "created if missing).")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"--out {out!r}: cannot create that directory ({e.strerror})."
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out!r}: that directory is not writable."
+    return None
+
+
+def _missing_dependencies(need_plots):
+    missing = []
+    for module in ("sklearn",) + (("matplotlib",) if need_plots else ()):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append({"sklearn": "scikit-learn"}.get(module, module))
+    return missing
+
+
+def run(args, parser):
+    """Runs the demo for parsed `args`; returns the exit code."""
+    missing = _missing_dependencies(args.out is not None)
+    if missing:
+        print(f"difflr demo needs {' and '.join(missing)}, which "
+              f"{'is' if len(missing) == 1 else 'are'} not installed. "
+              "Install the demo's dependencies with "
+              "`pip install keras-difflr[demo]`.", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        problem = _check_out(args.out)
+        if problem:
+            parser.error(problem)
+    config = config_from(args)
+    runs = len(config.seeds) * len(config.lrs) * sum(
+        len(experiment.arms_for(config, s)) for s in experiment.sources(config))
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    progress(f"difflr demo --{args.preset}: backend {keras.backend.backend()}, "
+             f"Keras {keras.__version__}; {len(config.seeds)} seed(s) x "
+             f"{len(config.lrs)} base rate(s), {runs} fine-tuning runs")
+    results = experiment.run(config, log=progress)
+    from difflr.demo import report
+
+    print()
+    print(report.table(results))
+    print(f"\n{runs} runs in {results.seconds:.0f} s.")
+    if args.out is not None:
+        report.write_all(results, args.out, command_line(args))
+        print(f"Wrote {', '.join(report.FILES)} to {args.out}.")
+    return 0
