@@ -26,6 +26,13 @@ The private names, and why each is unavoidable:
   per-variable slots from per-step global state (Nadam's `u_product`).
 - `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out.
+- the update math of Keras's own optimizers (`update_step`, and on torch
+  `_parallel_update_step`): which of them move a variable by the learning rate
+  times a step that depends on neither (`rate_form`), so that the learning
+  rate can be applied per variable without leaving the backend's fused path.
+  Keras's optimizers write only through `optimizer.assign*` (its own test,
+  `optimizer_sparse_test`, enforces that): a paused variable's writes are
+  guarded there (`install_write_guard`).
 - a functional model's `_nodes_by_depth` and `Node.parent_nodes`: its graph,
   to split it into layer groups by topological depth (`difflr.groups`).
 - `keras.src.backend.torch.trainer.TorchTrainer.train_step`: recognised on the
@@ -184,6 +191,76 @@ def install_update_hooks(optimizer, update_step, parallel_update_step):
 
         object.__setattr__(optimizer, "_parallel_update_step", hooked_parallel)
     object.__setattr__(optimizer, "_apply_weight_decay", lambda variables: None)
+
+
+def install_write_guard(optimizer, guard):
+    """Passes every write of `optimizer` through `guard`.
+
+    `optimizer.assign`, `assign_add` and `assign_sub` are the public methods
+    through which Keras optimizers change a variable or a slot. After this,
+    `optimizer.assign(variable, value)` writes `guard(variable, value, "assign")`
+    instead (likewise `"assign_add"`, `"assign_sub"`).
+    """
+    for kind in ("assign", "assign_add", "assign_sub"):
+        original = getattr(optimizer, kind)
+
+        def hooked(variable, value, original=original, kind=kind):
+            return original(variable, guard(variable, value, kind))
+
+        object.__setattr__(optimizer, kind, hooked)
+
+
+def writes_through_assign(optimizer):
+    """Whether `optimizer.update_step` is Keras's own, which changes variables
+    and slots only through `optimizer.assign*` (a subclass may write around
+    them, so difflr cannot rely on guarding those writes)."""
+    return _keras_own(type(optimizer).update_step)
+
+
+# Keras optimizers whose update is `variable -= learning_rate * step`, with a
+# step and a state that depend on neither the learning rate nor the value of
+# the variable (RMSprop only without momentum: its momentum accumulates
+# `learning_rate * ...`).
+_RATE_TIMES_STEP = ("Adam", "AdamW", "Adamax", "Nadam", "Adagrad", "Adadelta",
+                    "Lion", "RMSprop")
+
+
+def rate_form(optimizer):
+    """How the learning rate enters `optimizer`'s update, if it is Keras's own.
+
+    Returns:
+        - `"step"`: the update is `v <- v - lr * s`, where the step `s` and the
+          optimizer state depend on neither `lr` nor the value of `v` (Adam,
+          AdamW, Adamax, Nadam, Adagrad, Adadelta, Lion, RMSprop without
+          momentum). Then a rate `lr * m` is the same as running the update at
+          `lr` on a variable set to 0, which leaves `-lr * s` in it, and adding
+          `m` times that to the variable.
+        - `"gradient"`: the gradient enters only as `lr * g` (SGD, with any
+          momentum and Nesterov): a rate `lr * m` is the same as the gradient
+          `m * g` at rate `lr`.
+        - None: anything else, including subclasses that override the update.
+
+    Checked against the update math of Keras 3.12.0 to 3.15.1, on every
+    backend (the torch backend's fused `_parallel_update_step` too).
+    """
+    optimizers = keras.optimizers
+    fused = getattr(type(optimizer), "_parallel_update_step", None)
+    if fused is not None and not _keras_own(fused):
+        return None
+    if isinstance(optimizer, optimizers.SGD):
+        own = type(optimizer).update_step is optimizers.SGD.update_step
+        return "gradient" if own else None
+    for name in _RATE_TIMES_STEP:
+        cls = getattr(optimizers, name)
+        if isinstance(optimizer, cls) and type(optimizer).update_step is cls.update_step:
+            if name == "RMSprop" and optimizer.momentum:
+                return None
+            return "step"
+    return None
+
+
+def _keras_own(function):
+    return (getattr(function, "__module__", "") or "").startswith("keras.")
 
 
 def weight_decay_for(optimizer, variable):

@@ -1,3 +1,4 @@
+import contextlib
 import weakref
 
 import keras
@@ -117,6 +118,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._version = 0
         self._host_cache = None
         self._group_cache = None
+        self._pause = None
+        self._step_values = None
         self._model_ref = None
         _UNBUILT.add(self)
 
@@ -170,13 +173,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
         model = _keras_compat.find_model(var_list)
         lr_values, decay_values = self._resolve(var_list, model)
 
+        # A loaded optimizer gives state to the variables that had it when
+        # saved, including those paused since: their saved state must load.
+        had_state = (self._saved or {}).get("has_state") or [False] * len(lr_values)
         self._active_positions = [
             i for i, m in enumerate(lr_values)
             if m != 0 or self.keep_frozen_state or had_state[i]
         ]
-        # A loaded optimizer gives state to the variables that had it when
-        # saved, including those paused since: their saved state must load.
-        had_state = (self._saved or {}).get("has_state") or [False] * len(lr_values)
         if not self._active_positions:
             raise ValueError(
                 "Every trainable variable has learning-rate multiplier 0, so "
@@ -212,7 +215,24 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._weight_decay = [
             _keras_compat.weight_decay_for(inner, v) for v in active
         ]
-        self._is_torch = keras.backend.backend() == "torch"
+        backend = keras.backend.backend()
+        self._is_torch = backend == "torch"
+        # Keras's own optimizers write only through `assign*`: a paused
+        # variable's writes are guarded there. Anything else is restored.
+        self._guarded = (not self._is_torch
+                         and _keras_compat.writes_through_assign(inner))
+        self._slot_keys = [
+            frozenset(_keras_compat.var_key(inner, s) for s in slots)
+            for slots in self._slots
+        ]
+        form = _keras_compat.rate_form(inner)
+        # TensorFlow runs op by op (no XLA on CPU by default), where lr * m
+        # is the fewest ops; XLA (JAX) fuses the step form into the update.
+        self._step_form = backend == "jax" and form == "step"
+        full = all(v.dtype in _FULL_PRECISION for v in active)
+        self._torch_form = form if self._is_torch and full else None
+        if self._guarded:
+            _keras_compat.install_write_guard(inner, self._guard_write)
         for v in var_list:
             setattr(v, CLAIMED_ATTR, True)
         _UNBUILT.discard(self)
@@ -282,25 +302,43 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if self._is_torch:
             _refuse_unsynchronised_torch_fit()
         inner = self.inner_optimizer
-        pairs = [
-            (g, v) for g, v in zip(grads, trainable_variables)
-            if _keras_compat.var_key(inner, v) in self._active_index
-        ]
-        if pairs:
-            inner.apply([g for g, _ in pairs], [v for _, v in pairs])
+        if len(self._active_index) < len(self._trainable_variables):
+            # Variables frozen at build have no state: leave them out.
+            pairs = [
+                (g, v) for g, v in zip(grads, trainable_variables)
+                if _keras_compat.var_key(inner, v) in self._active_index
+            ]
+            grads = [g for g, _ in pairs]
+            trainable_variables = [v for _, v in pairs]
+        if grads:
+            self._step_values = None
+            try:
+                inner.apply(grads, trainable_variables)
+            finally:
+                self._step_values = None  # tensors of this trace only
 
     def _multipliers(self, index):
         """(lr multiplier, decay multiplier) of the active variable `index`.
 
         On TensorFlow and JAX they are read from optimizer variables inside
-        the compiled step, so that `set_multipliers` needs no retracing. The
-        torch backend runs eagerly: it uses host floats, re-read only when
-        the multipliers change.
+        the compiled step, so that `set_multipliers` needs no retracing: once
+        per step, split into one scalar per variable (TensorFlow runs op by
+        op, and one read per variable would be ops per variable). The torch
+        backend runs eagerly: it uses host floats, re-read only when the
+        multipliers change.
         """
         if self._is_torch:
             lr, decay = self._host_multipliers()
             return lr[index], decay[index]
-        return self._lr_multipliers[index], self._decay_multipliers[index]
+        if self._step_values is None:
+            lr = ops.convert_to_tensor(self._lr_multipliers)
+            decay = None
+            if any(w is not None for w in self._weight_decay):
+                decay = ops.unstack(ops.convert_to_tensor(self._decay_multipliers))
+            self._step_values = (ops.unstack(lr), decay,
+                                 ops.unstack(ops.equal(lr, 0.0)))
+        lr, decay, _ = self._step_values
+        return lr[index], None if self._weight_decay[index] is None else decay[index]
 
     def _host_multipliers(self):
         if self._host_cache is None or self._host_cache[0] != self._version:
@@ -311,7 +349,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     def _hooked_update_step(self, update_step, gradient, variable, learning_rate):
         inner = self.inner_optimizer
-        index = self._active_index.get(_keras_compat.var_key(inner, variable))
+        key = _keras_compat.var_key(inner, variable)
+        index = self._active_index.get(key)
         if index is None:
             return update_step(gradient, variable, learning_rate)
         m, d = self._multipliers(index)
@@ -320,76 +359,206 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 self._decay_and_update(update_step, gradient, variable,
                                        learning_rate, index, m, d)
             return
-        # Inside a compiled step m is a tensor: run the update, then keep the
-        # old values of the variable and its slots wherever m is 0. (Not
-        # "update at lr 0": Keras's SGD keeps the rate inside its velocity
-        # and Ftrl divides by it.)
+        # Inside a compiled step m is a tensor, and m = 0 must pause the
+        # variable: no update, no decay, state untouched. (Not "update at rate
+        # 0": Keras's SGD keeps the rate inside its momentum and Ftrl divides
+        # by it.) The wrapped optimizer's writes to the variable and its slots
+        # keep their old values wherever m is 0 (`_guard_write`).
+        paused = self._step_values[2][index]
+        if not self._guarded:
+            return self._update_and_restore(update_step, gradient, variable,
+                                            learning_rate, index, m, d, paused)
+        step = self._step_form and variable.dtype in _FULL_PRECISION
+        keys = self._slot_keys[index] if step else self._slot_keys[index] | {key}
+        with self._pausing(paused, keys):
+            self._decay_and_update(update_step, gradient, variable, learning_rate,
+                                   index, m, d, paused if step else None)
+
+    def _decay_and_update(self, update_step, gradient, variable, learning_rate,
+                          index, m, d, step_paused=None):
+        """Weight decay at rate lr * m * d, then the wrapped update at lr * m.
+
+        With `step_paused` (a tensor: m == 0), in the step form: Adam and its
+        kin move v by lr * s, with s and their state free of lr and of v. The
+        update runs at the base rate in a zeroed v, which leaves -lr * s in
+        it, and v becomes v_decayed + m * (-lr * s). Their scalar math (Adam's
+        bias correction times the rate) is then one computation shared by all
+        variables, not one per variable: on XLA, one kernel less per variable.
+        """
+        if step_paused is None:
+            lr = learning_rate * m
+            self._decay(variable, lr, d, index)
+            update_step(gradient, variable, lr)
+            return
+        inner = self.inner_optimizer
+        old = _read(variable)
+        inner.assign(variable, ops.zeros_like(old))
+        update_step(gradient, variable, learning_rate)
+        new = old
+        if d is not None:
+            new = old - old * self._decay_coefficient(learning_rate * m, d,
+                                                      index, variable)
+        new = new + ops.cast(m, variable.dtype) * _read(variable)
+        inner.assign(variable, ops.where(step_paused, old, new))
+
+    def _decay_coefficient(self, lr, d, index, variable):
+        return ops.cast(lr * d * self._weight_decay[index], variable.dtype)
+
+    def _decay(self, variable, lr, d, index):
+        """Decoupled weight decay at the variable's own rate and multiplier."""
+        if self._weight_decay[index] is not None:
+            coefficient = self._decay_coefficient(lr, d, index, variable)
+            self.inner_optimizer.assign_sub(variable, variable * coefficient)
+
+    @contextlib.contextmanager
+    def _pausing(self, paused, keys):
+        """Guards the wrapped optimizer's writes to `keys` by `paused`."""
+        self._pause = (paused, keys)
+        try:
+            yield
+        finally:
+            self._pause = None
+
+    def _guard_write(self, target, value, kind):
+        """The value the wrapped optimizer writes into `target`: unchanged,
+        or the target's current value where the variable it serves is paused.
+        Costs one `where` per write (fused into the update on XLA)."""
+        pause = self._pause
+        if pause is None or _keras_compat.var_key(
+                self.inner_optimizer, target) not in pause[1]:
+            return value
+        paused = pause[0]
+        value = _read(value)  # RMSprop subtracts its momentum variable
+        sparse = _is_indexed_slices(value)
+        values = value.values if sparse else value
+        if kind != "assign":
+            keep = 0  # add or subtract nothing
+        elif sparse:
+            keep = ops.take(_read(target), value.indices, axis=0)
+        else:
+            keep = _read(target)
+        values = ops.where(paused, keep, values)
+        return type(value)(values, value.indices, value.dense_shape) if sparse else values
+
+    def _update_and_restore(self, update_step, gradient, variable,
+                            learning_rate, index, m, d, paused):
+        """For an `update_step` that is not Keras's own, which may write around
+        `optimizer.assign*`: update, then put back the old values of the
+        variable and its slots wherever m is 0."""
         targets = [variable] + self._slots[index]
         before = [ops.copy(_read(t)) for t in targets]
         self._decay_and_update(update_step, gradient, variable, learning_rate,
                                index, m, d)
-        paused = ops.equal(m, 0)
         for target, old in zip(targets, before):
-            inner.assign(target, ops.where(paused, old, _read(target)))
-
-    def _decay_and_update(self, update_step, gradient, variable, learning_rate,
-                          index, m, d):
-        lr = learning_rate * m
-        weight_decay = self._weight_decay[index]
-        if weight_decay is not None:
-            coefficient = ops.cast(lr * d * weight_decay, variable.dtype)
-            self.inner_optimizer.assign(variable, variable - variable * coefficient)
-        update_step(gradient, variable, lr)
+            self.inner_optimizer.assign(target, ops.where(paused, old, _read(target)))
 
     def _hooked_parallel_update_step(self, parallel_update_step, grads,
                                      variables, learning_rate):
+        """The torch backend's fused update of all variables at once.
+
+        Keras's torch optimizers update a list of variables with
+        `torch._foreach_*` kernels at one scalar rate. The plan keeps that to
+        a single call whatever the number of distinct multipliers: SGD takes
+        the gradients times m at the base rate; Adam and its kin take their
+        step at the base rate in zeroed variables, which are then scaled by m
+        and added back (`_keras_compat.rate_form`). Other optimizers run one
+        call per group of equal multipliers, as PyTorch's param groups do.
+        """
         import torch
 
-        groups = self._torch_groups(variables)
-        running = [g for g in groups if g[0][0] != 0]  # 0 pauses the group
-        if not running and self._global_state:
-            # Everything is paused, but per-step global state must still
-            # advance: run one group and put its variables and slots back.
-            (_, positions), = groups[:1]
-            keep = [t for p in positions for t in self._targets(variables[p])]
-            saved = [t.value.clone() for t in keep]
-            parallel_update_step([grads[p] for p in positions],
-                                 [variables[p] for p in positions], learning_rate)
-            for t, value in zip(keep, saved):
-                t.value.copy_(value)
+        plan = self._torch_plan(variables)
+        if not plan.running:
+            if self._global_state:
+                # Everything is paused, but per-step global state (Nadam's)
+                # must still advance: update one variable and put it back.
+                keep = self._targets(variables[0])
+                saved = [t.value.clone() for t in keep]
+                parallel_update_step(grads[:1], variables[:1], learning_rate)
+                for t, value in zip(keep, saved):
+                    t.value.copy_(value)
             return
-        restore = self._global_state if len(running) > 1 else ()
-        start = [v.value.clone() for v in restore]
-        for k, ((m, d, weight_decay), positions) in enumerate(running):
-            for v, value in zip(restore, start) if k else ():
-                v.value.copy_(value)
-            group = [variables[p] for p in positions]
-            lr = learning_rate * m
-            if weight_decay is not None:
-                torch._foreach_mul_([v.value for v in group],
-                                    1 - weight_decay * d * lr)
-            parallel_update_step([grads[p] for p in positions], group, lr)
+        run_grads = [grads[p] for p in plan.running]
+        run_vars = [variables[p] for p in plan.running]
+        # (Lists of 0-d tensors: on CPU, torch._foreach_* with Python scalars
+        # wraps every scalar in a new tensor, tensor by tensor.)
+        if plan.decayed:
+            # v <- v * (1 - lr * m * d * wd), all decayed variables in one call
+            factors = 1 - learning_rate * plan.decay_coefficients
+            torch._foreach_mul_([variables[p].value for p in plan.decayed],
+                                list(factors.unbind()))
+        if plan.single is not None:
+            parallel_update_step(run_grads, run_vars, learning_rate * plan.single)
+        elif plan.form == "gradient":
+            parallel_update_step(torch._foreach_mul(run_grads, plan.multipliers),
+                                 run_vars, learning_rate)
+        elif plan.form == "step":
+            moved = [variables[p].value for p in plan.moved]
+            torch._foreach_copy_(plan.start, moved)
+            torch._foreach_zero_(moved)
+            parallel_update_step(run_grads, run_vars, learning_rate)
+            torch._foreach_mul_(moved, plan.moved_multipliers)
+            torch._foreach_add_(moved, plan.start)
+        else:
+            restore = self._global_state if len(plan.groups) > 1 else ()
+            begin = [v.value.clone() for v in restore]
+            for k, (m, positions) in enumerate(plan.groups):
+                for v, value in zip(restore, begin) if k else ():
+                    v.value.copy_(value)
+                parallel_update_step([grads[p] for p in positions],
+                                     [variables[p] for p in positions],
+                                     learning_rate * m)
 
     def _targets(self, variable):
         index = self._active_index[_keras_compat.var_key(self.inner_optimizer, variable)]
         return [variable] + self._slots[index]
 
-    def _torch_groups(self, variables):
-        """Positions in `variables` grouped by equal (m, d, weight decay)."""
+    def _torch_plan(self, variables):
+        """How to run one fused update of `variables` (positions in the list),
+        cached until the multipliers or the variables change."""
+        import torch
+
         signature = (self._version, tuple(map(id, variables)))
         if self._group_cache is not None and self._group_cache[0] == signature:
             return self._group_cache[1]
         lr, decay = self._host_multipliers()
         inner = self.inner_optimizer
-        groups = {}
+        plan = _TorchPlan()
+        coefficients, groups = [], {}
         for p, v in enumerate(variables):
             j = self._active_index[_keras_compat.var_key(inner, v)]
-            wd = self._weight_decay[j]
-            key = (lr[j], decay[j] if wd is not None else None, wd)
-            groups.setdefault(key, []).append(p)
-        result = list(groups.items())
-        self._group_cache = (signature, result)
-        return result
+            if lr[j] == 0:
+                continue  # paused: no update, no decay, state untouched
+            plan.running.append(p)
+            plan.multipliers.append(lr[j])
+            groups.setdefault(lr[j], []).append(p)
+            if lr[j] != 1:
+                plan.moved.append(p)
+                plan.moved_multipliers.append(lr[j])
+            if self._weight_decay[j] is not None:
+                plan.decayed.append(p)
+                coefficients.append(lr[j] * decay[j] * self._weight_decay[j])
+        plan.groups = list(groups.items())
+        plan.single = plan.groups[0][0] if len(plan.groups) == 1 else None
+        plan.form = self._torch_form
+
+        def scalars(positions, values):
+            return [torch.tensor(m, dtype=variables[p].value.dtype,
+                                 device=variables[p].value.device)
+                    for p, m in zip(positions, values)]
+
+        if plan.single is None and plan.form == "gradient":
+            plan.multipliers = scalars(plan.running, plan.multipliers)
+        if plan.single is None and plan.form == "step":
+            plan.moved_multipliers = scalars(plan.moved, plan.moved_multipliers)
+            # Where the old values wait while the step is taken (kept, so
+            # that steps do not allocate).
+            plan.start = [torch.empty_like(variables[p].value) for p in plan.moved]
+        if plan.decayed:
+            plan.decay_coefficients = torch.tensor(
+                coefficients, dtype=torch.float32,
+                device=variables[plan.decayed[0]].value.device)
+        self._group_cache = (signature, plan)
+        return plan
 
     def finalize_variable_values(self, var_list):
         inner = self.inner_optimizer
@@ -525,6 +694,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 "shapes": [list(v.shape) for v in self._trainable_variables],
                 "multipliers": list(self._lr_values),
                 "decay_multipliers": list(self._decay_values),
+                "has_state": [i in set(self._active_positions)
+                              for i in range(len(self._trainable_variables))],
             }
         elif self._saved is not None:
             saved = self._saved
@@ -556,6 +727,25 @@ class LRMultiplier(keras.optimizers.Optimizer):
             config[key] = _rules.from_config(config.get(key) or [],
                                              custom_objects)
         return cls(inner, **config)
+
+
+# Variables where the step form is exact to the rounding of the step itself.
+_FULL_PRECISION = ("float32", "float64")
+
+
+class _TorchPlan:
+    """Positions of the variables of one fused torch update, by role."""
+
+    def __init__(self):
+        self.running, self.multipliers = [], []
+        self.moved, self.moved_multipliers, self.start = [], [], []
+        self.decayed, self.decay_coefficients = [], None
+        self.groups, self.single, self.form = [], None, None
+
+
+def _is_indexed_slices(value):
+    """A sparse gradient-like value (TensorFlow's `IndexedSlices`)."""
+    return all(hasattr(value, a) for a in ("values", "indices", "dense_shape"))
 
 
 def _read(variable):
@@ -665,5 +855,3 @@ def find_lr_multiplier(optimizer, who):
             "with `optimizer=difflr.LRMultiplier(<your optimizer>, ...)`."
         )
     return seen
-                "has_state": [i in set(self._active_positions)
-                              for i in range(len(self._trainable_variables))],

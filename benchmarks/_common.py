@@ -1,0 +1,282 @@
+"""Shared pieces of the benchmarks: models, the optimizers under comparison,
+paired timing, and running a measurement once per Keras backend.
+
+Keras picks its backend at import, so every measurement runs in a child
+process per backend (`run_per_backend`); the child prints its result as JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+BACKENDS = ("jax", "tensorflow", "torch")
+_RESULT = "BENCHMARK-RESULT:"
+
+
+# Running one measurement per backend.
+
+def run_per_backend(script, backends, options):
+    """Runs `script --child <options>` once per backend; returns
+    `{backend: result}` from the JSON each child prints last."""
+    results = {}
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        command = [sys.executable, script, "--child", "--options", json.dumps(options)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
+        if done.returncode != 0 or not lines:
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+            raise RuntimeError(f"{os.path.basename(script)} failed on {backend}")
+        results[backend] = json.loads(lines[-1][len(_RESULT):])
+    return results
+
+
+def main(script, measure, report, defaults, description):
+    """The command line of one benchmark script.
+
+    `measure(options) -> result` runs inside a child process with one backend;
+    `report(results, options) -> str` renders `{backend: result}` as Markdown.
+    `defaults` are the options (rounds, steps, ...), overridable as
+    `--set name=value`; `--quick` runs a tiny version to check the script.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny rounds, to check that the script runs")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override an option, e.g. --set rounds=3")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--options", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(_RESULT + json.dumps(measure(json.loads(args.options))), flush=True)
+        return 0
+    options = options_for(defaults, args.quick, args.set)
+    results = run_per_backend(script, args.backends.split(","), options)
+    print(report(results, options))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"options": options, "results": results}, f, indent=2)
+    return 0
+
+
+def options_for(defaults, quick=False, overrides=()):
+    options = dict(defaults["quick"] if quick else defaults["full"])
+    for item in overrides:
+        name, _, value = item.partition("=")
+        options[name] = json.loads(value)
+    return options
+
+
+# Timing.
+
+def alternate(variants, rounds):
+    """Times `variants` (name -> callable returning seconds per step) in
+    alternation: every round runs each variant once, in an order that rotates
+    from round to round, so that load drifting over time hits all alike.
+    Returns {name: [ms per step, one per round]}."""
+    names = list(variants)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(variants[name]() * 1e3)
+    return times
+
+
+def summarize(times, baseline="plain"):
+    """Median ms per step of each variant, and the median over rounds of its
+    ratio to the baseline in the same round (paired, so slow spells of the
+    machine cancel out)."""
+    out = {}
+    for name, values in times.items():
+        pairs = [v / b for v, b in zip(values, times[baseline])]
+        out[name] = {"ms": statistics.median(values), "ratio": statistics.median(pairs),
+                     "rounds": values}
+    return out
+
+
+def fit_timer(model, x, y, batch):
+    """A callable timing one epoch of `model.fit`, returning seconds/step."""
+    steps = len(x) // batch
+
+    def run():
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return (time.perf_counter() - start) / steps
+
+    return run
+
+
+# Models.
+
+def mlp(layers, width, seed=0):
+    """An optimizer-bound model: many small Dense layers."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((width,))
+    x = inputs
+    for i in range(layers):
+        x = keras.layers.Dense(width, activation="tanh", name=f"l{i}")(x)
+    return keras.Model(inputs, x, name="mlp")
+
+
+def cnn(seed=0, size=32, classes=10):
+    """A compute-bound model: a small CNN on 32x32 images."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for i, filters in enumerate((16, 32, 32, 64, 64)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"l{i}")(x)
+        if i in (0, 2):
+            x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(classes, name=f"l{5}")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def mlp_data(n, width, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, width)).astype("float32"),
+            rng.normal(size=(n, width)).astype("float32"))
+
+
+def cnn_data(n, size=32, classes=10, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, size, size, 3)).astype("float32"),
+            rng.integers(0, classes, size=(n,)).astype("int32"))
+
+
+# The optimizers under comparison, all doing the same job.
+
+def distinct_multipliers(count):
+    """`count` distinct learning-rate multipliers in (0, 1]."""
+    return [0.5 ** (k / 4) for k in range(count)]
+
+
+def base_optimizer(name, lr=1e-3):
+    import keras
+
+    if name == "AdamW":
+        return keras.optimizers.AdamW(lr, weight_decay=0.01)
+    if name == "SGD":
+        return keras.optimizers.SGD(lr, momentum=0.9)
+    return getattr(keras.optimizers, name)(lr)
+
+
+def assignment(model, count):
+    """Variable -> multiplier: the model's trainable variables dealt out over
+    `count` distinct multipliers (variable i gets value i mod count)."""
+    values = distinct_multipliers(count)
+    return [(v, values[i % count]) for i, v in enumerate(model.trainable_variables)]
+
+
+def difflr_optimizer(name, model, count):
+    import difflr
+
+    return difflr.LRMultiplier(base_optimizer(name), assignment(model, count))
+
+
+def multi_optimizer(name, model, count, lr=1e-3):
+    """Keras's MultiOptimizer doing the same job: one optimizer per distinct
+    multiplier, each mapped to its variables by exact path."""
+    import re
+
+    import keras
+
+    groups = {}
+    for v, m in assignment(model, count):
+        groups.setdefault(m, []).append(re.escape(v.path))
+    mapping = keras.optimizers.OptimizerMap(default_optimizer=base_optimizer(name, lr))
+    for m, paths in groups.items():
+        mapping["|".join(paths)] = base_optimizer(name, lr * m)
+    return keras.optimizers.MultiOptimizer(mapping)
+
+
+def has_multi_optimizer():
+    import keras
+
+    return hasattr(keras.optimizers, "MultiOptimizer")
+
+
+def optimizer_for(variant, name, model, count):
+    if variant == "plain":
+        return base_optimizer(name)
+    if variant == "difflr":
+        return difflr_optimizer(name, model, count)
+    if variant == "MultiOptimizer":
+        return multi_optimizer(name, model, count)
+    raise ValueError(variant)
+
+
+def variants_available():
+    return ["plain", "difflr"] + (["MultiOptimizer"] if has_multi_optimizer() else [])
+
+
+# Reporting.
+
+def machine():
+    """What the numbers were measured on."""
+    from importlib import metadata
+
+    versions = {}
+    for name, dists in (("keras", ["keras"]), ("jax", ["jax"]), ("jaxlib", ["jaxlib"]),
+                        ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
+                        ("torch", ["torch"]), ("numpy", ["numpy"])):
+        versions[name] = "not installed"
+        for dist in dists:
+            try:
+                versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:  # reported, not fatal
+                pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "XLA_FLAGS",
+                                            "OMP_NUM_THREADS") if k in os.environ},
+    }
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def fmt_ms(value):
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def fmt_ratio(value):
+    return f"{value:.3f}"
+
+
+def fmt_overhead(ratio):
+    return f"{(ratio - 1) * 100:+.1f}%"

@@ -1,0 +1,269 @@
+"""Runs every benchmark on every backend and regenerates docs/performance.md,
+docs/img/overhead_vs_multipliers.png and docs/performance.json.
+
+    python benchmarks/run_all.py                  # the full run (~15-20 min on 2 cores)
+    python benchmarks/run_all.py --quick --out /tmp/perf   # check the scripts
+
+Each benchmark runs once per backend in a process of its own (Keras picks its
+backend at import). Timings alternate the variants round by round and report
+medians of per-round ratios, so run it on a quiet machine: the report records
+the load average before and after.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _common as c  # noqa: E402
+import memory  # noqa: E402
+import op_counts  # noqa: E402
+import scaling  # noqa: E402
+import set_multipliers  # noqa: E402
+import step_time  # noqa: E402
+import torch_native  # noqa: E402
+
+# In running order: the counts first (they do not depend on the load).
+BENCHMARKS = {
+    "op_counts": op_counts,
+    "memory": memory,
+    "step_time": step_time,
+    "scaling": scaling,
+    "torch_native": torch_native,
+    "set_multipliers": set_multipliers,
+}
+
+
+def run(backends, quick):
+    results = {"machine": c.machine(), "load_before": c.load_average(),
+               "started": time.strftime("%Y-%m-%d %H:%M"), "quick": quick, "runs": {}}
+    start = time.time()
+    for name, module in BENCHMARKS.items():
+        chosen = ["torch"] if module is torch_native else backends
+        chosen = [b for b in chosen if b in backends]
+        if not chosen:
+            continue
+        options = c.options_for(module.DEFAULTS, quick)
+        began = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} on {', '.join(chosen)}", flush=True)
+        per_backend = c.run_per_backend(module.__file__, chosen, options)
+        results["runs"][name] = {"options": options, "results": per_backend,
+                                 "seconds": time.time() - began}
+    results["seconds"] = time.time() - start
+    results["load_after"] = c.load_average()
+    return results
+
+
+def _step_rows(results):
+    """(optimizer, backend, difflr ratio, MultiOptimizer ratio) on the
+    optimizer-bound model."""
+    run = results["runs"].get("step_time")
+    if not run:
+        return []
+    rows = []
+    for name in run["options"]["optimizers"]:
+        for backend, r in run["results"].items():
+            v = r[f"optimizer-bound/{name}"]["variants"]
+            multi = v.get("MultiOptimizer")
+            rows.append((name, backend, v["difflr"]["ratio"],
+                         None if multi is None else multi["ratio"]))
+    return rows
+
+
+def targets(results):
+    """The issue's targets, judged from the measurements."""
+    lines = ["| target | " + " | ".join(_backends(results)) + " |",
+             "|---|" + "---:|" * len(_backends(results))]
+    rows = _step_rows(results)
+    scaling_run = results["runs"].get("scaling")
+
+    def verdict(values, limit):
+        if not values:
+            return "n/a"
+        worst = max(values)
+        return f"{'met' if worst <= limit else 'missed'} ({c.fmt_overhead(worst)})"
+
+    cells = []
+    for backend in _backends(results):
+        values = [d for _, b, d, _ in rows if b == backend]
+        if scaling_run and backend in scaling_run["results"]:
+            at = dict(scaling.series(scaling_run["results"][backend], scaling_run["options"],
+                                     "difflr"))
+            values += [at[k] for k in at if k == 25]
+        cells.append(verdict(values, 1.02))
+    lines.append("| 25 multipliers: within 2% of the plain optimizer (worst case) | "
+                 + " | ".join(cells) + " |")
+    cells = []
+    for backend in _backends(results):
+        if scaling_run and backend in scaling_run["results"]:
+            at = dict(scaling.series(scaling_run["results"][backend], scaling_run["options"],
+                                     "difflr"))
+            cells.append(verdict([at[k] for k in at if k == 100], 1.05))
+        else:
+            cells.append("n/a")
+    lines.append("| 100 multipliers: within 5% | " + " | ".join(cells) + " |")
+    cells = []
+    for backend in _backends(results):
+        pairs = [(d, m) for _, b, d, m in rows if b == backend and m is not None]
+        measurable = [(d, m) for d, m in pairs if m > 1.02]
+        if not pairs:
+            cells.append("n/a")
+        elif not measurable:
+            cells.append("MultiOptimizer has no measurable overhead")
+        else:
+            won = sum(1 for d, m in measurable if d < m)
+            cells.append(f"{'met' if won == len(measurable) else 'missed'} "
+                         f"(faster in {won} of {len(measurable)})")
+    lines.append("| faster than MultiOptimizer where it has measurable (>2%) overhead | "
+                 + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _backends(results):
+    seen = []
+    for run in results["runs"].values():
+        for backend in run["results"]:
+            if backend not in seen and "skipped" not in run["results"][backend]:
+                seen.append(backend)
+    return [b for b in c.BACKENDS if b in seen]
+
+
+def render(results, image):
+    m = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    env = ", ".join(f"`{k}={v}`" for k, v in m["env"].items()) or "none"
+    before, after = results["load_before"], results["load_after"]
+    load = (f"{before[0]:.2f} / {after[0]:.2f}" if before and after else "unknown")
+    busy = bool(before and after and max(before[0], after[0]) > 1.5)
+    parts = [
+        "# Performance\n",
+        "How much `difflr.LRMultiplier` costs against the plain optimizer it wraps, "
+        "against `keras.optimizers.MultiOptimizer` doing the same job, and against "
+        "PyTorch's own param groups. Everything on this page is regenerated by\n",
+        "```bash\npython benchmarks/run_all.py\n```\n",
+        f"Measured {results['started']} on {m['cpu']} ({m['cores']} cores), Python "
+        f"{m['python']}, {versions}; environment: {env}. The run took "
+        f"{results['seconds'] / 60:.0f} minutes. One-minute load average before / after: "
+        f"{load}.",
+    ]
+    if busy:
+        parts.append("\n> **Measured under load**: other jobs were running on this machine, "
+                     "so single timings are noisy. The ratios are medians of rounds that "
+                     "alternate the variants, which cancels most of it; the operation counts "
+                     "below do not depend on the load at all.\n")
+    if results["quick"]:
+        parts.append("\n> **Quick run** (`--quick`): tiny models and rounds, to check the "
+                     "scripts only. These numbers mean nothing.\n")
+    parts += [
+        "\n## Targets\n",
+        targets(results),
+        "\n## Step time of `model.fit`\n",
+        "Each benchmark alternates its variants round by round in one process per backend; "
+        "a ratio is the median over rounds of (variant time / plain time in the same round). "
+        "`python benchmarks/step_time.py`\n",
+        _report("step_time", results),
+        "\n## Scaling with the number of multipliers and of variables\n",
+        "`python benchmarks/scaling.py`\n",
+        f"![overhead against the number of multipliers]({image})\n",
+        _report("scaling", results),
+        "\n## Optimizer memory with a frozen backbone\n",
+        "`python benchmarks/memory.py`\n",
+        _report("memory", results),
+        "\n## Torch backend against native PyTorch param groups\n",
+        "`python benchmarks/torch_native.py`\n",
+        _report("torch_native", results),
+        "\n## `set_multipliers` during training\n",
+        "`python benchmarks/set_multipliers.py`\n",
+        _report("set_multipliers", results),
+        "\n## What a step executes\n",
+        "Counted, not timed: these do not depend on the machine's load. "
+        "`python benchmarks/op_counts.py`\n",
+        _report("op_counts", results),
+        HOW,
+    ]
+    return "\n".join(parts)
+
+
+def _report(name, results):
+    run = results["runs"].get(name)
+    if not run:
+        return "(not measured)\n"
+    module = BENCHMARKS[name]
+    return module.report(run["results"], run["options"])
+
+
+HOW = """
+## How the wrapper keeps each backend's fused path
+
+The wrapped optimizer runs its own `apply`: clipping, `global_clipnorm`, loss
+scaling, gradient accumulation and EMA are Keras's code, once per step. difflr
+intercepts only the update itself, and how it gives each variable its rate
+depends on what is cheap on each backend.
+
+- **JAX (XLA).** Adam, AdamW, Adamax, Nadam, Adagrad, Adadelta, Lion and
+  RMSprop without momentum move a variable by `lr * s`, where the step `s` and
+  the optimizer state depend neither on the rate nor on the variable's value.
+  difflr runs Keras's update at the base rate on a zeroed variable, which
+  leaves `-lr * s` in it, and writes `v_decayed + m * (-lr * s)`. All of this
+  is element-wise, so XLA fuses it into the update's own loop, and the scalar
+  math (Adam's bias correction times the rate) stays one computation shared by
+  every variable. Scaling the rate per variable instead would cost one tiny
+  XLA kernel per variable. Other optimizers (SGD, Ftrl, Lamb, ...) get the
+  rate `lr * m`.
+- **TensorFlow.** On CPU, Keras does not XLA-compile TensorFlow (`jit_compile`
+  is `"auto"`, which means off without a GPU), so the graph runs op by op and
+  every op costs about the same. The rate `lr * m` is the fewest ops: a read
+  of the multiplier and a multiplication per variable.
+- **torch.** Keras's torch optimizers update all variables with one
+  `torch._foreach_*` call per kernel at one scalar rate. difflr keeps a single
+  call whatever the number of multipliers: SGD gets the gradients times `m`
+  (it only uses `lr * g`); Adam and its kin take their step at the base rate
+  in zeroed variables, which one `_foreach_mul_` by the list of multipliers and
+  one `_foreach_add_` put back; weight decay is one `_foreach_mul_` by a list
+  of factors. Only RMSprop with momentum still runs one call per group of equal
+  multipliers, as PyTorch's own param groups always do.
+- **Multiplier 0 (pause).** The multipliers live in optimizer variables on
+  TensorFlow and JAX, so a 0 set later must pause a variable inside the
+  compiled step, without retracing. Keras's optimizers write only through
+  `optimizer.assign`, `assign_add` and `assign_sub`; difflr guards those
+  writes to a variable and its slots with one `where(m == 0, keep, value)`
+  each, which XLA fuses into the update and which is one op per write on
+  TensorFlow. (An `update_step` that is not Keras's own may write around
+  them; it gets the general path: the update, then the old values put back
+  where `m` is 0.) The torch backend runs eagerly and leaves paused variables
+  out of the call.
+
+Why not simply "run at rate 0"? Keras's SGD keeps the rate inside its momentum,
+so it would coast, and Ftrl divides by the rate.
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default=",".join(c.BACKENDS))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models and rounds, to check that everything runs")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs"),
+                        help="where performance.md, performance.json and img/ go")
+    args = parser.parse_args()
+    results = run(args.backends.split(","), args.quick)
+    os.makedirs(os.path.join(args.out, "img"), exist_ok=True)
+    image = "img/overhead_vs_multipliers.png"
+    if "scaling" in results["runs"]:
+        run_ = results["runs"]["scaling"]
+        scaling.plot(run_["results"], run_["options"], os.path.join(args.out, image))
+    with open(os.path.join(args.out, "performance.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "performance.md"), "w") as f:
+        f.write(render(results, image))
+    print(f"wrote {os.path.join(args.out, 'performance.md')} "
+          f"({results['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The fast paths of the update, checked for the contract and for staying fast.
+
+The contract tests (test_contract.py) cover every optimizer; these add the
+cases the fast paths make special: large and tiny multipliers in the step form
+(JAX, torch), a sparse write guarded while paused (TensorFlow), and what a step
+executes, counted rather than timed: difflr must add a constant, not one
+kernel or one fused call per variable or per multiplier.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import keras
+
+import difflr
+from conftest import assert_close, backend, to_numpy
+from difflr._selfcheck import OPTIMIZERS, gradients, run_reference, run_wrapped
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import _common  # noqa: E402
+import op_counts  # noqa: E402
+
+SHAPES = [(3, 4), (4,), (2, 3), (5,), (3,)]
+LR_MULTS = [50.0, 1e-4, 1.0, 3.0, 0.5]
+DECAY_MULTS = [1.0, 0.0, 2.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "lion", "adadelta",
+                                  "sgd_momentum_nesterov", "rmsprop_centered_momentum"])
+def test_large_and_tiny_multipliers_match_a_copy_per_variable(name):
+    make = OPTIMIZERS[name]
+    grads = gradients(3, SHAPES)
+    _, wrapped = run_wrapped(make, LR_MULTS, DECAY_MULTS, grads, shapes=SHAPES)
+    reference = run_reference(make, LR_MULTS, DECAY_MULTS, grads, shapes=SHAPES)
+    for w, r, m in zip(wrapped, reference, LR_MULTS):
+        assert_close(w, r, what=f"{name}: {w.path} with multiplier {m}")
+
+
+def test_a_sparse_write_is_guarded_while_paused():
+    """Plain SGD subtracts `lr * IndexedSlices` from an Embedding on TensorFlow."""
+    inputs = keras.Input((3,), dtype="int32")
+    emb = keras.layers.Embedding(20, 4, name="emb")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(
+        keras.layers.Flatten()(emb)))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(16, 3)).astype("int32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(0.1), {model.get_layer("emb"): 0.5})
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model.optimizer.set_multipliers({model.get_layer("emb"): 0.0})
+    start = to_numpy(model.get_layer("emb").embeddings).copy()
+    head = to_numpy(model.get_layer("head").kernel).copy()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(to_numpy(model.get_layer("emb").embeddings), start)
+    assert not np.allclose(to_numpy(model.get_layer("head").kernel), head)
+
+
+COUNT_OPTIONS = {"layers": 6, "width": 8, "batch": 8, "optimizers": ["Adam", "AdamW", "SGD"],
+                 "counts": [1, 12], "multi_count": 4}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return op_counts.measure(COUNT_OPTIONS)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+def test_the_wrapper_adds_a_constant_not_work_per_variable(counts, name):
+    row = counts[name]
+    variables = 2 * COUNT_OPTIONS["layers"]
+    if backend() == "jax":
+        # The pause guards and the step form fuse into the update's kernels.
+        for k in COUNT_OPTIONS["counts"]:
+            assert row[f"difflr@{k}"] - row["plain"] <= 4, row
+    elif backend() == "tensorflow":
+        # The rate lr * m and one `where` per write (a read too for SGD's
+        # `assign` of its momentum): a few ops per variable, and a few per step.
+        for k in COUNT_OPTIONS["counts"]:
+            assert row[f"difflr@{k}"] - row["plain"] <= 5 * variables + 8, row
+    else:
+        # One fused call per kernel, whatever the number of multipliers: the
+        # same calls as the plain optimizer for one multiplier (weight decay
+        # replaces Keras's own call), a constant few more for many.
+        plain = row["plain"]["foreach"]
+        assert row["difflr@1"]["foreach"] == plain, row
+        extra = {"Adam": 4, "AdamW": 4, "SGD": 1}[name]
+        assert row["difflr@12"]["foreach"] == plain + extra, row
+
+
+def test_the_benchmark_helpers_deal_out_distinct_multipliers():
+    model = _common.mlp(3, 4)
+    pairs = _common.assignment(model, 4)
+    assert [m for _, m in pairs] == _common.distinct_multipliers(4) + \
+        _common.distinct_multipliers(4)[:2]
+    assert len(set(_common.distinct_multipliers(25))) == 25
