@@ -223,11 +223,14 @@ def test_scratch_does_not_run_on_the_control():
 
 def _fake_results():
     config = dataclasses.replace(experiment.QUICK, seeds=(0, 1, 2),
-                                 lrs=(0.001, 0.01), arms=("probe", "discr"),
+                                 lrs=(0.001, 0.01),
+                                 arms=("probe", "full", "discr"),
                                  control_arms=("discr",))
     accuracy = {  # (source, arm, lr) -> per seed
         ("digits", "probe", 0.001): [0.5, 0.6, 0.7],
         ("digits", "probe", 0.01): [0.8, 0.8, 0.8],
+        ("digits", "full", 0.001): [0.7, 0.8, 0.6],
+        ("digits", "full", 0.01): [0.7, 0.6, 0.5],
         ("digits", "discr", 0.001): [0.9, 0.7, 0.8],
         ("digits", "discr", 0.01): [0.6, 0.6, 0.9],
         ("control", "discr", 0.001): [0.4, 0.4, 0.4],
@@ -240,22 +243,38 @@ def _fake_results():
     return experiment.Results(config, runs, pretraining, 12.0)
 
 
-def test_summary_best_worst_mean_and_sample_std():
+def test_summary_best_worst_mean_sample_std_and_paired_difference():
     summaries = report.summarize(_fake_results())
     assert [(s.source, s.arm) for s in summaries] == [
-        ("digits", "probe"), ("digits", "discr"), ("control", "discr")]
-    probe, discr, control = summaries
+        ("digits", "probe"), ("digits", "full"), ("digits", "discr"),
+        ("control", "discr")]
+    probe, full, discr, control = summaries
     assert probe.means == pytest.approx([0.6, 0.8])
     assert probe.stds == pytest.approx([0.1, 0.0], abs=1e-12)  # ddof=1
     assert (probe.best, probe.worst) == (1, 0)
     assert discr.means == pytest.approx([0.8, 0.7])
     assert discr.stds == pytest.approx([0.1, np.sqrt(0.03)])
     assert (discr.best, discr.worst) == (0, 1)
+    assert (full.best, full.vs_full) == (0, None)
+    # Seed by seed, each arm at its best rate minus full at its (0.001):
+    # probe [0.8, 0.8, 0.8] - [0.7, 0.8, 0.6]; discr [0.9, 0.7, 0.8] - same.
+    assert probe.vs_full[:2] == pytest.approx((0.1, 0.1))
+    assert probe.vs_full[2:] == (2, 3)  # a tie is not a win
+    assert discr.vs_full[:2] == pytest.approx((0.1, np.sqrt(0.03)))
+    assert discr.vs_full[2:] == (2, 3)
     assert control.means == pytest.approx([0.4, 0.6])
+    assert control.vs_full is None  # no full on the control here
     text = report.table(_fake_results())
-    assert "probe        Last                0.800 ± 0.000    0.01" in text
-    assert "discr        Full + discr        0.800 ± 0.100    0.001" in text
-    assert "Control: pretrained on pixel-shuffled images" in text
+    assert ("probe        Last                0.800 ± 0.000    0.01      "
+            "0.600 ± 0.100    0.001     +0.100 ± 0.100 (2/3)\n") in text
+    assert ("full         Full                0.700 ± 0.100    0.001     "
+            "0.600 ± 0.100    0.01      -\n") in text
+    assert ("discr        Full + discr        0.800 ± 0.100    0.001     "
+            "0.700 ± 0.173    0.01      +0.100 ± 0.173 (2/3)\n") in text
+    control_part = text[text.index("Control: pretrained on pixel-shuffled"):]
+    assert "paired" not in control_part  # no full to compare with there
+    assert ("discr        Full + discr        0.600 ± 0.100    0.01      "
+            "0.400 ± 0.000    0.001\n") in control_part
 
 
 def test_one_seed_has_no_std():
@@ -279,7 +298,9 @@ def test_files_are_written_whole_with_the_right_columns(tmp_path):
     assert rows[1] == ["digits", "probe", "Last", "0", "0.001", "0.5"]
     md = (tmp_path / "results.md").read_text()
     assert "Command: `python -m difflr demo --quick`" in md
-    assert "| discr | Full + discr | 0.800 ± 0.100 | 0.001 | 0.700 ± 0.173 | 0.01 |" in md
+    assert ("| discr | Full + discr | 0.800 ± 0.100 | 0.001 | 0.700 ± 0.173 "
+            "| 0.01 | +0.100 ± 0.173 (2/3) |") in md
+    assert "| full | Full | 0.700 ± 0.100 | 0.001 | 0.600 ± 0.100 | 0.01 | - |" in md
     assert f"{os.cpu_count()} cores" in md and keras.__version__ in md
     for png in ("accuracy_vs_lr.png", "learning_rates.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

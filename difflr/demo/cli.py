@@ -102,12 +102,13 @@ def add_arguments(parser):
         help=f"the default: {len(quick.seeds)} seeds, base rates "
              f"{','.join(f'{lr:g}' for lr in quick.lrs)}, every arm but "
              "freez, and the control for "
-             f"{', '.join(quick.control_arms)}; under 3 minutes on 2 cores")
+             f"{', '.join(quick.control_arms)}; under 2 minutes on 2 cores")
     size.add_argument(
         "--full", dest="preset", action="store_const", const="full",
         help=f"{len(full.seeds)} seeds, base rates "
              f"{','.join(f'{lr:g}' for lr in full.lrs)}, every arm, also on "
-             "the control; about 10 minutes on 2 cores")
+             "the control; 2 to 15 minutes on 2 cores, depending on the "
+             "backend (torch is the fastest here)")
     parser.set_defaults(preset="quick")
     parser.add_argument(
         "--out", metavar="DIR",

@@ -7,7 +7,11 @@ Per arm (and pretraining source), over the grid of base learning rates:
 - the best rate: the one with the highest mean (chosen on the test set, so
   an optimistic, oracle choice, the same for every arm);
 - the worst rate: the one with the lowest mean, i.e. how much choosing the
-  rate badly costs.
+  rate badly costs;
+- against `full` (uniform fine-tuning), paired by seed: each arm at its best
+  rate minus `full` at its best rate, seed by seed (within a seed every arm
+  sees the same labelled images, head initialisation and batches), as mean
+  ± std of the differences and the number of seeds the arm wins.
 
 Every file is written to a temporary file in the output directory first and
 then renamed over its name (`os.replace`), so none is ever half-written.
@@ -44,7 +48,8 @@ class ArmSummary:
     lrs: list
     means: list  # per base rate, over seeds
     stds: list  # sample std per base rate (NaN with one seed)
-    seeds: int
+    scores: list  # per base rate, the accuracy of each seed
+    vs_full: tuple = None  # (mean, std, wins, seeds) of paired differences
 
     @property
     def best(self):
@@ -58,21 +63,40 @@ class ArmSummary:
 def summarize(results):
     """One `ArmSummary` per (source, arm), in the order they ran."""
     config = results.config
+    accuracy = {(r["source"], r["arm"], r["lr"], r["seed"]): r["accuracy"]
+                for r in results.runs}
     summaries = []
     for source in experiment.sources(config):
+        by_arm = {}
         for arm in experiment.arms_for(config, source):
-            means, stds = [], []
-            for lr in config.lrs:
-                scores = [r["accuracy"] for r in results.runs
-                          if r["source"] == source and r["arm"] == arm.name
-                          and r["lr"] == lr]
-                means.append(float(np.mean(scores)))
-                stds.append(float(np.std(scores, ddof=1))
-                            if len(scores) > 1 else math.nan)
-            summaries.append(ArmSummary(
-                source, arm.name, arm.ulmfit_row, list(config.lrs), means,
-                stds, len(config.seeds)))
+            scores = [[accuracy[source, arm.name, lr, seed]
+                       for seed in config.seeds] for lr in config.lrs]
+            by_arm[arm.name] = ArmSummary(
+                source, arm.name, arm.ulmfit_row, list(config.lrs),
+                means=[float(np.mean(s)) for s in scores],
+                stds=[_std(s) for s in scores], scores=scores)
+        full = by_arm.get("full")
+        for name, summary in by_arm.items():
+            if full is not None and name != "full":
+                d = (np.array(summary.scores[summary.best])
+                     - np.array(full.scores[full.best]))
+                summary.vs_full = (float(np.mean(d)), _std(d),
+                                   int(np.sum(d > 0)), len(d))
+        summaries += by_arm.values()
     return summaries
+
+
+def _std(values):
+    """Sample standard deviation; NaN for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def _paired(vs_full):
+    if vs_full is None:
+        return "-"
+    mean, std, wins, n = vs_full
+    spread = "" if math.isnan(std) else f" ± {std:.3f}"
+    return f"{mean:+.3f}{spread} ({wins}/{n})"
 
 
 def _pm(mean, std):
@@ -100,17 +124,21 @@ def table(results):
         rows = [s for s in summaries if s.source == source]
         lines += ["", experiment.SOURCE_TITLES[source],
                   _setup(config).replace("`", ""), ""]
-        lines.append(f"{'arm':<12} {'ULMFiT row':<19} "
-                     f"{'best over the grid':<26} {'worst over the grid':<26}")
-        lines.append(f"{'':<12} {'':<19} "
-                     f"{'accuracy':<17}{'lr':<9} {'accuracy':<17}{'lr':<9}")
+        paired = any(s.vs_full is not None for s in rows)
+        head = (f"{'arm':<12} {'ULMFiT row':<19} "
+                f"{'best over the grid':<26} {'worst over the grid':<26}")
+        sub = (f"{'':<12} {'':<19} "
+               f"{'accuracy':<17}{'lr':<9} {'accuracy':<17}{'lr':<9}")
+        lines += [head + (" best - full's best" if paired else ""),
+                  sub + (" paired (seeds won)" if paired else "")]
         for s in rows:
-            lines.append(
-                f"{s.arm:<12} {s.ulmfit_row:<19} "
-                f"{_pm(s.means[s.best], s.stds[s.best]):<17}"
-                f"{_lr(s.lrs[s.best]):<9} "
-                f"{_pm(s.means[s.worst], s.stds[s.worst]):<17}"
-                f"{_lr(s.lrs[s.worst]):<9}")
+            line = (f"{s.arm:<12} {s.ulmfit_row:<19} "
+                    f"{_pm(s.means[s.best], s.stds[s.best]):<17}"
+                    f"{_lr(s.lrs[s.best]):<9} "
+                    f"{_pm(s.means[s.worst], s.stds[s.worst]):<17}"
+                    f"{_lr(s.lrs[s.worst]):<9}")
+            lines.append((line + (f" {_paired(s.vs_full)}" if paired else ""))
+                         .rstrip())
         if len(config.lrs) > 1:
             lines += ["", "mean accuracy at each base learning rate"]
             lines.append(f"{'arm':<12} " + " ".join(
@@ -209,7 +237,10 @@ def markdown(results, command, info=None):
       f"{config.shots * data.CLASSES} labelled images in batches of "
       f"{config.batch_size}. Best and worst: the base rates with the "
       "highest and lowest mean accuracy (chosen on the test set: the best "
-      "is an oracle choice, the same for every arm).")
+      "is an oracle choice, the same for every arm). Paired: seed by seed, "
+      "the arm at its best rate minus `full` at its best rate (within a "
+      "seed all arms share the labelled images, the head's initialisation "
+      "and the batches).")
     for source in experiment.sources(config):
         rows = [s for s in summaries if s.source == source]
         pre = [p["heldout_accuracy"] for p in results.pretraining
@@ -223,15 +254,18 @@ def markdown(results, command, info=None):
               + (", pixels shuffled the same way" if
                  source == experiment.CONTROL else "") + ").")
             w()
+        paired = any(s.vs_full is not None for s in rows)
         w("| arm | ULMFiT row | best accuracy | at lr | worst accuracy "
-          "| at lr |")
-        w("|---|---|---|---|---|---|")
+          "| at lr |" + (" best - full's best, paired (seeds won) |"
+                         if paired else ""))
+        w("|---|---|---|---|---|---|" + ("---|" if paired else ""))
         for s in rows:
             w(f"| {s.arm} | {s.ulmfit_row} | "
               f"{_pm(s.means[s.best], s.stds[s.best])} | "
               f"{_lr(s.lrs[s.best])} | "
               f"{_pm(s.means[s.worst], s.stds[s.worst])} | "
-              f"{_lr(s.lrs[s.worst])} |")
+              f"{_lr(s.lrs[s.worst])} |"
+              + (f" {_paired(s.vs_full)} |" if paired else ""))
         w()
         w("Mean ± std accuracy at each base learning rate:")
         w()
