@@ -279,7 +279,9 @@ def markdown(results, command, info=None):
     w()
     for name in config.arms:
         arm = arms_lib.ARMS[name]
-        w(f"- `{arm.name}` ({arm.ulmfit_row}): {arm.description}.")
+        row = arm.ulmfit_row  # parenthesised when not a row of Table 7
+        row = row if row.startswith("(") else f"({row})"
+        w(f"- `{arm.name}` {row}: {arm.description}.")
     w()
     w("![Accuracy against base learning rate](accuracy_vs_lr.png)")
     w()
@@ -335,11 +337,18 @@ def plot_accuracy(results, path):
                      fontsize="medium")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (digit % 3)")
-    axes[0][-1].legend(fontsize="small", loc="lower left")
+    # One legend for both panels (scratch is only in the first), below them.
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    order = [name for name in arms_lib.ARMS if name in legend]
+    fig.legend([legend[name] for name in order], order, loc="lower center",
+               ncol=len(order), fontsize="small", frameon=False)
     fig.suptitle(f"{config.shots} labels per digit; " + (
         f"mean ± std over {len(config.seeds)} seeds"
         if len(config.seeds) > 1 else "one seed"), fontsize="medium")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
 
 
