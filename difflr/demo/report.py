@@ -353,12 +353,10 @@ def plot_accuracy(results, path):
 
 
 def _rate_states(arm, lr, epochs):
-    """A fresh model and `arm`'s optimizer, and its distinct epochs.
+    """A fresh model, `arm`'s optimizer (built) and its callbacks (begun).
 
-    The callbacks (gradual unfreezing) are driven through the epochs by hand,
-    without training, exactly as `fit` calls them. Returns the model, the
-    optimizer, the callbacks and the list of epochs at which the multipliers
-    change (the first epoch included).
+    The callers then drive the callbacks (gradual unfreezing) through the
+    epochs by hand, without training, as `fit` calls them.
     """
     keras.utils.set_random_seed(0)
     model = network.build_model(network.build_body(), data.TASK_CLASSES)
@@ -381,6 +379,7 @@ def _multipliers(model, optimizer):
 
 
 def _distinct_epochs(arm, lr, epochs):
+    """The epochs at which `arm`'s multipliers change (the first included)."""
     model, optimizer, callbacks = _rate_states(arm, lr, epochs)
     seen, changes = None, []
     for epoch in range(epochs):
