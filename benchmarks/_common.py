@@ -78,11 +78,13 @@ def options_for(defaults, quick=False, overrides=()):
 
 def alternate(variants, rounds):
     """Times `variants` (name -> callable returning seconds per step) in
-    alternation: every round runs each variant once, in an order that rotates
-    from round to round, so that load drifting over time hits all alike.
-    Returns {name: [ms per step, one per round]}."""
+    alternation: after one unrecorded round, every round runs each variant
+    once, in an order that rotates from round to round, so that load drifting
+    over time hits all alike. Returns {name: [ms per step, one per round]}."""
     names = list(variants)
     times = {name: [] for name in names}
+    for name in names:  # one unrecorded round: first runs are slow on some backends
+        variants[name]()
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(variants[name]() * 1e3)

@@ -216,8 +216,11 @@ depends on what is cheap on each backend.
   rate `lr * m`.
 - **TensorFlow.** On CPU, Keras does not XLA-compile TensorFlow (`jit_compile`
   is `"auto"`, which means off without a GPU), so the graph runs op by op and
-  every op costs about the same. The rate `lr * m` is the fewest ops: a read
-  of the multiplier and a multiplication per variable.
+  every op costs about the same, however small. The rate `lr * m` is then the
+  fewest ops: the multiplier vectors are read once per step and split into
+  scalars, and each variable costs one multiplication plus one `where` per
+  write of the optimizer (below). (Under `jit_compile=True`, XLA fuses those
+  element-wise ops into the update as on JAX.)
 - **torch.** Keras's torch optimizers update all variables with one
   `torch._foreach_*` call per kernel at one scalar rate. difflr keeps a single
   call whatever the number of multipliers: SGD gets the gradients times `m`

@@ -19,7 +19,7 @@ DEFAULTS = {
     "full": {"rounds": 7, "optimizer": "Adam", "width": 16, "batch": 8, "steps": 25,
              "layers": 100, "counts": [1, 5, 25, 100, 200],
              "variable_layers": [10, 50], "variable_count": 25,
-             "multi_counts": [1, 5, 25, 100]},
+             "multi_counts": [1, 5, 25]},
     "quick": {"rounds": 2, "optimizer": "Adam", "width": 16, "batch": 8, "steps": 3,
               "layers": 6, "counts": [1, 3, 12], "variable_layers": [3],
               "variable_count": 3, "multi_counts": [3]},

@@ -493,11 +493,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
                                  run_vars, learning_rate)
         elif plan.form == "step":
             moved = [variables[p].value for p in plan.moved]
-            torch._foreach_copy_(plan.start, moved)
+            # The old values wait as -v: a copy in one call (a transient one,
+            # so training does not hold a second copy of the weights).
+            negated = torch._foreach_neg(moved)
             torch._foreach_zero_(moved)
             parallel_update_step(run_grads, run_vars, learning_rate)
             torch._foreach_mul_(moved, plan.moved_multipliers)
-            torch._foreach_add_(moved, plan.start)
+            torch._foreach_sub_(moved, negated)  # v + m * step, exactly
         else:
             restore = self._global_state if len(plan.groups) > 1 else ()
             begin = [v.value.clone() for v in restore]
@@ -550,9 +552,6 @@ class LRMultiplier(keras.optimizers.Optimizer):
             plan.multipliers = scalars(plan.running, plan.multipliers)
         if plan.single is None and plan.form == "step":
             plan.moved_multipliers = scalars(plan.moved, plan.moved_multipliers)
-            # Where the old values wait while the step is taken (kept, so
-            # that steps do not allocate).
-            plan.start = [torch.empty_like(variables[p].value) for p in plan.moved]
         if plan.decayed:
             plan.decay_coefficients = torch.tensor(
                 coefficients, dtype=torch.float32,
@@ -738,7 +737,7 @@ class _TorchPlan:
 
     def __init__(self):
         self.running, self.multipliers = [], []
-        self.moved, self.moved_multipliers, self.start = [], [], []
+        self.moved, self.moved_multipliers = [], []
         self.decayed, self.decay_coefficients = [], None
         self.groups, self.single, self.form = [], None, None
 
