@@ -12,7 +12,9 @@ def _seed_and_reset():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
+    # Without the garbage collection clear_session runs by default: it took
+    # about half a second a test (tests that need it call gc.collect).
+    keras.backend.clear_session(free_memory=False)
 
 
 def backend():
