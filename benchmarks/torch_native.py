@@ -17,7 +17,7 @@ import time
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 9, "reps": 40, "groups": 25, "lr": 1e-3, "weight_decay": 0.01,
+    "full": {"rounds": 7, "reps": 20, "groups": 25, "lr": 1e-3, "weight_decay": 0.01,
              "shapes": {"small": [50, 16], "wide": [50, 256]}},
     "quick": {"rounds": 2, "reps": 3, "groups": 5, "lr": 1e-3, "weight_decay": 0.01,
               "shapes": {"small": [5, 8]}},

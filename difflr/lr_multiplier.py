@@ -477,22 +477,23 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 for t, value in zip(keep, saved):
                     t.value.copy_(value)
             return
-        run_grads = [grads[p] for p in plan.running]
-        run_vars = [variables[p] for p in plan.running]
+        run_grads, run_vars = grads, variables
+        if len(plan.running) < len(variables):
+            run_grads = [grads[p] for p in plan.running]
+            run_vars = [variables[p] for p in plan.running]
         # (Lists of 0-d tensors: on CPU, torch._foreach_* with Python scalars
         # wraps every scalar in a new tensor, tensor by tensor.)
         if plan.decayed:
             # v <- v * (1 - lr * m * d * wd), all decayed variables in one call
             factors = 1 - learning_rate * plan.decay_coefficients
-            torch._foreach_mul_([variables[p].value for p in plan.decayed],
-                                list(factors.unbind()))
+            torch._foreach_mul_(plan.decayed_values, list(factors.unbind()))
         if plan.single is not None:
             parallel_update_step(run_grads, run_vars, learning_rate * plan.single)
         elif plan.form == "gradient":
             parallel_update_step(torch._foreach_mul(run_grads, plan.multipliers),
                                  run_vars, learning_rate)
         elif plan.form == "step":
-            moved = [variables[p].value for p in plan.moved]
+            moved = plan.moved_values
             # The old values wait as -v: a copy in one call (a transient one,
             # so training does not hold a second copy of the weights).
             negated = torch._foreach_neg(moved)
@@ -552,6 +553,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
             plan.multipliers = scalars(plan.running, plan.multipliers)
         if plan.single is None and plan.form == "step":
             plan.moved_multipliers = scalars(plan.moved, plan.moved_multipliers)
+        # The torch tensors behind the variables (reading `.value` costs more
+        # than the update of a small tensor).
+        plan.moved_values = [variables[p].value for p in plan.moved]
+        plan.decayed_values = [variables[p].value for p in plan.decayed]
         if plan.decayed:
             plan.decay_coefficients = torch.tensor(
                 coefficients, dtype=torch.float32,
@@ -737,8 +742,8 @@ class _TorchPlan:
 
     def __init__(self):
         self.running, self.multipliers = [], []
-        self.moved, self.moved_multipliers = [], []
-        self.decayed, self.decay_coefficients = [], None
+        self.moved, self.moved_multipliers, self.moved_values = [], [], []
+        self.decayed, self.decay_coefficients, self.decayed_values = [], None, []
         self.groups, self.single, self.form = [], None, None
 
 
