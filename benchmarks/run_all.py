@@ -3,6 +3,7 @@ docs/img/overhead_vs_multipliers.png and docs/performance.json.
 
     python benchmarks/run_all.py                  # the full run (~15-20 min on 2 cores)
     python benchmarks/run_all.py --quick --out /tmp/perf   # check the scripts
+    python benchmarks/run_all.py --render docs/performance.json  # only the report
 
 Each benchmark runs once per backend in a process of its own (Keras picks its
 backend at import). Timings alternate the variants round by round and report
@@ -154,7 +155,10 @@ def render(results, image):
         parts.append("\n> **Measured under load**: other jobs were running on this machine, "
                      "so single timings are noisy. The ratios are medians of rounds that "
                      "alternate the variants, which cancels most of it; the operation counts "
-                     "below do not depend on the load at all.\n")
+                     "below do not depend on the load at all. TensorFlow suffers most: its "
+                     "step time jumps between two levels about 2x apart as its threads "
+                     "compete with other jobs for the cores, whatever the optimizer; every "
+                     "round's time is in `performance.json`.\n")
     if results["quick"]:
         parts.append("\n> **Quick run** (`--quick`): tiny models and rounds, to check the "
                      "scripts only. These numbers mean nothing.\n")
@@ -226,9 +230,11 @@ depends on what is cheap on each backend.
   call whatever the number of multipliers: SGD gets the gradients times `m`
   (it only uses `lr * g`); Adam and its kin take their step at the base rate
   in zeroed variables, which one `_foreach_mul_` by the list of multipliers and
-  one `_foreach_add_` put back; weight decay is one `_foreach_mul_` by a list
-  of factors. Only RMSprop with momentum still runs one call per group of equal
-  multipliers, as PyTorch's own param groups always do.
+  one `_foreach_sub_` put back; weight decay is one `_foreach_mul_` by a list
+  of factors. Those extra passes touch every moved tensor, so for a few groups
+  of large tensors one call per group of equal multipliers is cheaper, and
+  difflr picks it from a rough cost estimate, as for RMSprop with momentum
+  (which needs it); PyTorch's own param groups always run that way.
 - **Multiplier 0 (pause).** The multipliers live in optimizer variables on
   TensorFlow and JAX, so a 0 set later must pause a variable inside the
   compiled step, without retracing. Keras's optimizers write only through
@@ -242,6 +248,31 @@ depends on what is cheap on each backend.
 
 Why not simply "run at rate 0"? Keras's SGD keeps the rate inside its momentum,
 so it would coast, and Ftrl divides by the rate.
+
+### What these paths replaced
+
+The first design ran every update at `lr * m` and, to pause, copied the
+variable and each of its slots before the update and put them back with
+`where(m == 0, old, new)` after it; on torch it ran one fused call per group of
+equal multipliers. Counted with `benchmarks/op_counts.py` (50 Dense(16) layers,
+100 variables), plain / first design / now:
+
+| | plain | first design | now |
+|---|---:|---:|---:|
+| JAX, XLA kernels in the train step, Adam | 606 | 709 | 608 |
+| JAX, XLA kernels in the train step, SGD | 455 | 507 | 457 |
+| TensorFlow, ops in the train step, Adam | 3,394 | 5,594 | 3,799 |
+| TensorFlow, ops in the train step, SGD | 1,394 | 3,094 | 1,799 |
+| torch, `_foreach_*` calls per step, Adam, 25 multipliers | 10 | 250 | 14 |
+| torch, `_foreach_*` calls per step, Adam, 100 multipliers | 10 | 1,000 | 14 |
+
+What remains on JAX is not kernels but work inside them: each fused update
+reads its multiplier from the multiplier vector and selects on `m == 0`, which
+costs a few percent on a model of tiny layers (the counts above are equal, the
+time is not; see the step times). On torch, the step form's four extra
+`_foreach_*` calls each touch every moved tensor, which on CPU means one small
+operation per tensor; for large tensors they are memory traffic, which is why
+difflr then runs one call per group instead.
 """
 
 
@@ -252,15 +283,22 @@ def main():
                         help="tiny models and rounds, to check that everything runs")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs"),
                         help="where performance.md, performance.json and img/ go")
+    parser.add_argument("--render", metavar="JSON",
+                        help="only re-render the report from an earlier run's JSON")
     args = parser.parse_args()
-    results = run(args.backends.split(","), args.quick)
+    if args.render:
+        with open(args.render) as f:
+            results = json.load(f)
+    else:
+        results = run(args.backends.split(","), args.quick)
     os.makedirs(os.path.join(args.out, "img"), exist_ok=True)
     image = "img/overhead_vs_multipliers.png"
     if "scaling" in results["runs"]:
         run_ = results["runs"]["scaling"]
         scaling.plot(run_["results"], run_["options"], os.path.join(args.out, image))
-    with open(os.path.join(args.out, "performance.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    if not args.render:
+        with open(os.path.join(args.out, "performance.json"), "w") as f:
+            json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "performance.md"), "w") as f:
         f.write(render(results, image))
     print(f"wrote {os.path.join(args.out, 'performance.md')} "

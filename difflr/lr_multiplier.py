@@ -1,4 +1,5 @@
 import contextlib
+import math
 import weakref
 
 import keras
@@ -461,8 +462,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         a single call whatever the number of distinct multipliers: SGD takes
         the gradients times m at the base rate; Adam and its kin take their
         step at the base rate in zeroed variables, which are then scaled by m
-        and added back (`_keras_compat.rate_form`). Other optimizers run one
-        call per group of equal multipliers, as PyTorch's param groups do.
+        and added back (`_keras_compat.rate_form`). Other optimizers, and a
+        few groups of large tensors (where the fused forms' extra passes cost
+        more than a call per group), run one call per group of equal
+        multipliers, as PyTorch's param groups do.
         """
         import torch
 
@@ -543,6 +546,18 @@ class LRMultiplier(keras.optimizers.Optimizer):
         plan.groups = list(groups.items())
         plan.single = plan.groups[0][0] if len(plan.groups) == 1 else None
         plan.form = self._torch_form
+        if plan.form is not None and plan.single is None:
+            # A fused form costs extra passes over tensors (4 over the moved
+            # ones for the step form, 1 over the gradients for SGD's); one call
+            # per group costs a fixed overhead per extra group. Rough costs
+            # (about 1 us per tensor, 1 ns per number, 50 us per call) pick
+            # the cheaper: the fused form for many small tensors, groups for
+            # few groups of large ones.
+            passes, touched = ((4, plan.moved) if plan.form == "step"
+                               else (1, plan.running))
+            numbers = sum(math.prod(variables[p].shape) for p in touched)
+            if passes * (len(touched) + numbers / 1000) > 50 * (len(plan.groups) - 1):
+                plan.form = None
 
         def scalars(positions, values):
             return [torch.tensor(m, dtype=variables[p].value.dtype,

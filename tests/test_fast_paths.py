@@ -96,3 +96,29 @@ def test_the_benchmark_helpers_deal_out_distinct_multipliers():
     assert [m for _, m in pairs] == _common.distinct_multipliers(4) + \
         _common.distinct_multipliers(4)[:2]
     assert len(set(_common.distinct_multipliers(25))) == 25
+
+
+@pytest.mark.skipif(backend() != "torch", reason="the fused torch update")
+def test_few_groups_of_large_tensors_take_one_call_per_group():
+    """The step form's extra passes cost more than one more call when the
+    tensors are large and the groups few; both ways match the contract."""
+    import torch
+    from torch.profiler import profile
+
+    shapes = [(300, 300), (300,), (300, 300), (300,)]
+    lr_mults, decay_mults = [0.1, 0.1, 1.0, 1.0], [1.0] * 4
+    make = OPTIMIZERS["adamw"]
+    grads = gradients(2, shapes)
+    opt, wrapped = run_wrapped(make, lr_mults, decay_mults, grads, shapes=shapes)
+    reference = run_reference(make, lr_mults, decay_mults, grads, shapes=shapes)
+    for w, r in zip(wrapped, reference):
+        assert_close(w, r, what=w.path)
+    step = [torch.ones(s) for s in shapes]
+    with profile() as prof:
+        opt.apply(step, wrapped)
+    fused = op_counts._count_events(prof.events())["foreach"]
+    plain = keras.optimizers.AdamW(0.01, weight_decay=0.05)
+    plain.build(wrapped)
+    with profile() as prof:
+        plain.apply(step, wrapped)
+    assert fused == 2 * op_counts._count_events(prof.events())["foreach"] - 1  # one decay call
