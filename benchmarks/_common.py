@@ -245,15 +245,9 @@ def machine():
                 break
             except metadata.PackageNotFoundError:  # reported, not fatal
                 pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from difflr._machine import cpu_model
+
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -33,6 +33,7 @@ from difflr.demo import arms as arms_lib
 from difflr.demo import data
 from difflr.demo import experiment
 from difflr.demo import network
+from difflr import _machine
 
 CSV_COLUMNS = ("source", "arm", "ulmfit_row", "seed", "base_lr",
                "test_accuracy")
@@ -151,15 +152,7 @@ def table(results):
 
 def machine():
     """What the results were measured on."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = _machine.cpu_model()
     backend = keras.backend.backend()
     package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
     try:
