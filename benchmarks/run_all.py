@@ -225,11 +225,14 @@ depends on what is cheap on each backend.
   rate `lr * m`.
 - **TensorFlow.** On CPU, Keras does not XLA-compile TensorFlow (`jit_compile`
   is `"auto"`, which means off without a GPU), so the graph runs op by op and
-  every op costs about the same, however small. The rate `lr * m` is then the
-  fewest ops: the multiplier vectors are read once per step and split into
-  scalars, and each variable costs one multiplication plus one `where` per
-  write of the optimizer (below). (Under `jit_compile=True`, XLA fuses those
-  element-wise ops into the update as on JAX.)
+  every op costs about the same, however small. So the rates `lr * m` and
+  the decay coefficients `lr * m * d * wd` of all variables are computed once
+  per step, as one vector each, and split into scalars: Keras's own update
+  then runs at the variable's rate, with no op added per variable (the plain
+  optimizer reads its rate variable once per variable; the split replaces
+  those reads). Only a pause guard (below) costs an op per write, for SGD,
+  RMSprop with momentum and optimizers difflr does not know. (Under
+  `jit_compile=True`, XLA fuses all of it into the update as on JAX.)
 - **torch.** Keras's torch optimizers update all variables with one
   `torch._foreach_*` call per kernel at one scalar rate. difflr keeps a single
   call whatever the number of multipliers: SGD gets the gradients times `m`
@@ -242,17 +245,20 @@ depends on what is cheap on each backend.
   (which needs it); PyTorch's own param groups always run that way.
 - **Multiplier 0 (pause).** The multipliers live in optimizer variables on
   TensorFlow and JAX, so a 0 set later must pause a variable inside the
-  compiled step, without retracing. Keras's optimizers write only through
-  `optimizer.assign`, `assign_add` and `assign_sub`; difflr guards those
-  writes to a variable and its slots with one `where(m == 0, keep, value)`
-  each, which XLA fuses into the update and which is one op per write on
-  TensorFlow. (An `update_step` that is not Keras's own may write around
-  them; it gets the general path: the update, then the old values put back
-  where `m` is 0.) The torch backend runs eagerly and leaves paused variables
-  out of the call.
-
-Why not simply "run at rate 0"? Keras's SGD keeps the rate inside its momentum,
-so it would coast, and Ftrl divides by the rate.
+  compiled step, without retracing. A paused variable does not move, and its
+  state goes on as its own copy of the optimizer at rate 0 would keep it
+  (`_keras_compat.pause_form`). For Adam and its kin, "run at rate 0" is
+  exactly that, so they need no guard at all. Keras's SGD and RMSprop keep
+  the rate inside their momentum, which would coast: difflr multiplies the
+  increments they write into the variable by 0 or 1 (one multiply per
+  write). Ftrl divides by the rate, and other optimizers are not checked:
+  their writes to the variable and its slots go through `where(m == 0, keep,
+  value)`, so their state is held. Keras's optimizers write only through
+  `optimizer.assign`, `assign_add` and `assign_sub`, which is where those
+  guards sit; an `update_step` that is not Keras's own may write around them
+  and gets the general path (the update, then the old values put back where
+  `m` is 0). On XLA every guard fuses into the update. The torch backend runs
+  eagerly and follows the same rules with host-side lists.
 
 ### What these paths replaced
 

@@ -259,6 +259,38 @@ def rate_form(optimizer):
     return None
 
 
+def pause_form(optimizer):
+    """What a multiplier of 0 does to a variable's optimizer state.
+
+    A paused variable never moves. Its state follows the variable's own copy
+    of the optimizer at learning rate 0 wherever that is well defined:
+
+    Returns:
+        - `"rate"`: the update at rate 0 leaves the variable exactly where it
+          is and moves the state as that copy's (the `"step"` optimizers of
+          `rate_form`: Adam's moments keep tracking the gradients, so its bias
+          correction is right when the variable resumes).
+        - `"pin"`: the state at rate 0 is well defined, but the variable would
+          still move, so its writes are held (Keras's SGD and RMSprop with
+          momentum keep the rate inside the momentum, which coasts: the
+          momentum decays, the variable does not move).
+        - `"hold"`: anything else (Ftrl divides by the rate; a subclass may do
+          anything): the variable and its state are both held.
+    """
+    form = rate_form(optimizer)
+    if form == "step":
+        return "rate"
+    if form == "gradient":
+        return "pin"
+    rmsprop = keras.optimizers.RMSprop
+    fused = getattr(type(optimizer), "_parallel_update_step", None)
+    if (isinstance(optimizer, rmsprop)
+            and type(optimizer).update_step is rmsprop.update_step
+            and (fused is None or _keras_own(fused))):
+        return "pin"
+    return "hold"
+
+
 def _keras_own(function):
     return (getattr(function, "__module__", "") or "").startswith("keras.")
 

@@ -44,8 +44,11 @@ class LRMultiplier(keras.optimizers.Optimizer):
     A multiplier of 0 freezes a variable. If it is 0 when the optimizer is
     built, the variable gets no optimizer state at all (its gradient is
     dropped as if it were not trainable), unless `keep_frozen_state=True`.
-    A variable set to 0 later keeps its state and stops moving from the next
-    step on, as a PyTorch parameter group with `lr=0` does.
+    A variable set to 0 later stops moving from the next step on, as a
+    PyTorch parameter group with `lr=0` does, and its state goes on as at rate
+    0 (Adam's moments keep tracking the gradients; SGD's momentum decays but
+    does not move it). Where a rate of 0 is not well defined (Ftrl) or not
+    checked (other optimizers), its state is held instead.
 
     Rule keys may be a `keras.Variable`, a layer or nested model (all its
     variables, however deep), a string (an exact `variable.path`, else a
@@ -121,6 +124,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._group_cache = None
         self._pause = None
         self._step_values = None
+        self._step_rates = None
         self._model_ref = None
         _UNBUILT.add(self)
 
@@ -222,10 +226,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # variable's writes are guarded there. Anything else is restored.
         self._guarded = (not self._is_torch
                          and _keras_compat.writes_through_assign(inner))
-        self._slot_keys = [
-            frozenset(_keras_compat.var_key(inner, s) for s in slots)
-            for slots in self._slots
-        ]
+        # The writes held while a variable is paused (see `pause_form`).
+        self._pause_form = _keras_compat.pause_form(inner)
+        self._pause_keys = []
+        for v, slots in zip(active, self._slots):
+            held = {"rate": [], "pin": [v], "hold": [v] + slots}[self._pause_form]
+            self._pause_keys.append(
+                frozenset(_keras_compat.var_key(inner, t) for t in held))
         form = _keras_compat.rate_form(inner)
         # TensorFlow runs op by op (no XLA on CPU by default), where lr * m
         # is the fewest ops; XLA (JAX) fuses the step form into the update.
@@ -312,34 +319,32 @@ class LRMultiplier(keras.optimizers.Optimizer):
             grads = [g for g, _ in pairs]
             trainable_variables = [v for _, v in pairs]
         if grads:
-            self._step_values = None
+            self._step_values = self._step_rates = None
             try:
                 inner.apply(grads, trainable_variables)
             finally:
-                self._step_values = None  # tensors of this trace only
+                # tensors of this trace only
+                self._step_values = self._step_rates = None
 
     def _multipliers(self, index):
         """(lr multiplier, decay multiplier) of the active variable `index`.
 
-        On TensorFlow and JAX they are read from optimizer variables inside
-        the compiled step, so that `set_multipliers` needs no retracing: once
-        per step, split into one scalar per variable (TensorFlow runs op by
-        op, and one read per variable would be ops per variable). The torch
-        backend runs eagerly: it uses host floats, re-read only when the
-        multipliers change.
+        On TensorFlow and JAX the multipliers are read from optimizer
+        variables inside the compiled step, so that `set_multipliers` needs no
+        retracing: once per step, split into one scalar per variable
+        (TensorFlow runs op by op, and one read per variable would be ops per
+        variable); the decay multiplier is then None, as `_rates` reads it.
+        The torch backend runs eagerly: it uses host floats, re-read only when
+        the multipliers change.
         """
         if self._is_torch:
             lr, decay = self._host_multipliers()
             return lr[index], decay[index]
         if self._step_values is None:
             lr = ops.convert_to_tensor(self._lr_multipliers)
-            decay = None
-            if any(w is not None for w in self._weight_decay):
-                decay = ops.unstack(ops.convert_to_tensor(self._decay_multipliers))
-            self._step_values = (ops.unstack(lr), decay,
-                                 ops.unstack(ops.equal(lr, 0.0)))
-        lr, decay, _ = self._step_values
-        return lr[index], None if self._weight_decay[index] is None else decay[index]
+            self._step_values = (ops.unstack(lr), ops.unstack(ops.equal(lr, 0.0)),
+                                 ops.unstack(ops.cast(ops.not_equal(lr, 0.0), "float32")))
+        return self._step_values[0][index], None
 
     def _host_multipliers(self):
         if self._host_cache is None or self._host_cache[0] != self._version:
@@ -356,65 +361,89 @@ class LRMultiplier(keras.optimizers.Optimizer):
             return update_step(gradient, variable, learning_rate)
         m, d = self._multipliers(index)
         if self._is_torch:
-            if m != 0:  # 0 pauses: no update, no decay, state untouched
+            # Eager: m is a float. A paused variable (m = 0) does not move;
+            # its state moves as at rate 0, or is held (`pause_form`).
+            if m != 0 or self._pause_form == "rate":
                 self._decay_and_update(update_step, gradient, variable,
                                        learning_rate, index, m, d)
+            elif self._pause_form == "pin":
+                pinned = variable.value.clone()
+                self._decay_and_update(update_step, gradient, variable,
+                                       learning_rate, index, m, d)
+                variable.value.copy_(pinned)
             return
         # Inside a compiled step m is a tensor, and m = 0 must pause the
-        # variable: no update, no decay, state untouched. (Not "update at rate
-        # 0": Keras's SGD keeps the rate inside its momentum and Ftrl divides
-        # by it.) The wrapped optimizer's writes to the variable and its slots
+        # variable. At rate 0 Adam and its kin leave it exactly where it is;
+        # for the others (`pause_form`), the writes to the variable, and to
+        # its slots where rate 0 is not well defined (Ftrl divides by it),
         # keep their old values wherever m is 0 (`_guard_write`).
-        paused = self._step_values[2][index]
+        paused, running = self._step_values[1][index], self._step_values[2][index]
         if not self._guarded:
             return self._update_and_restore(update_step, gradient, variable,
                                             learning_rate, index, m, d, paused)
         step = self._step_form and variable.dtype in _FULL_PRECISION
-        keys = self._slot_keys[index] if step else self._slot_keys[index] | {key}
-        with self._pausing(paused, keys):
+        keys = self._pause_keys[index]
+        with self._pausing(paused, running, keys) if keys else contextlib.nullcontext():
             self._decay_and_update(update_step, gradient, variable, learning_rate,
-                                   index, m, d, paused if step else None)
+                                   index, m, d, step)
 
     def _decay_and_update(self, update_step, gradient, variable, learning_rate,
-                          index, m, d, step_paused=None):
+                          index, m, d, step=False):
         """Weight decay at rate lr * m * d, then the wrapped update at lr * m.
 
-        With `step_paused` (a tensor: m == 0), in the step form: Adam and its
-        kin move v by lr * s, with s and their state free of lr and of v. The
-        update runs at the base rate in a zeroed v, which leaves -lr * s in
-        it, and v becomes v_decayed + m * (-lr * s). Their scalar math (Adam's
-        bias correction times the rate) is then one computation shared by all
-        variables, not one per variable: on XLA, one kernel less per variable.
+        With `step`, in the step form: Adam and its kin move v by lr * s, with
+        s and their state free of lr and of v. The update runs at the base
+        rate in a zeroed v, which leaves -lr * s in it, and v becomes
+        v_decayed + m * (-lr * s) (exactly v where m is 0). Their scalar math
+        (Adam's bias correction times the rate) is then one computation shared
+        by all variables, not one per variable: on XLA, one kernel less per
+        variable.
         """
-        if step_paused is None:
-            lr = learning_rate * m
-            self._decay(variable, lr, d, index)
+        inner = self.inner_optimizer
+        lr, decay = self._rates(index, learning_rate, m, d)
+        if decay is not None:
+            decay = ops.cast(decay, variable.dtype)
+        if not step:
+            if decay is not None:  # decoupled, at the variable's own rate
+                inner.assign_sub(variable, variable * decay)
             update_step(gradient, variable, lr)
             return
-        inner = self.inner_optimizer
         old = _read(variable)
         inner.assign(variable, ops.zeros_like(old))
         update_step(gradient, variable, learning_rate)
-        new = old
-        if d is not None:
-            new = old - old * self._decay_coefficient(learning_rate * m, d,
-                                                      index, variable)
+        new = old if decay is None else old - old * decay
         new = new + ops.cast(m, variable.dtype) * _read(variable)
-        inner.assign(variable, ops.where(step_paused, old, new))
+        inner.assign(variable, new)
 
-    def _decay_coefficient(self, lr, d, index, variable):
-        return ops.cast(lr * d * self._weight_decay[index], variable.dtype)
+    def _rates(self, index, learning_rate, m, d):
+        """The variable's rate `lr * m` and its decay coefficient
+        `lr * m * d * weight_decay` (None without weight decay).
 
-    def _decay(self, variable, lr, d, index):
-        """Decoupled weight decay at the variable's own rate and multiplier."""
-        if self._weight_decay[index] is not None:
-            coefficient = self._decay_coefficient(lr, d, index, variable)
-            self.inner_optimizer.assign_sub(variable, variable * coefficient)
+        Inside a compiled step, both are computed for all variables at once and
+        split (TensorFlow runs op by op, and a product per variable would be
+        ops per variable).
+        """
+        wd = self._weight_decay[index]
+        if self._is_torch:
+            lr = learning_rate * m
+            return lr, None if wd is None else lr * d * wd
+        cached = self._step_rates
+        if cached is None or cached[0] is not learning_rate:
+            rates = ops.multiply(learning_rate, ops.convert_to_tensor(self._lr_multipliers))
+            decays = None
+            if any(w is not None for w in self._weight_decay):
+                weight_decay = np.array([0.0 if w is None else w
+                                         for w in self._weight_decay], "float32")
+                decays = ops.unstack(rates * ops.convert_to_tensor(
+                    self._decay_multipliers) * weight_decay)
+            cached = self._step_rates = (learning_rate, ops.unstack(rates), decays)
+        return cached[1][index], None if wd is None else cached[2][index]
 
     @contextlib.contextmanager
-    def _pausing(self, paused, keys):
-        """Guards the wrapped optimizer's writes to `keys` by `paused`."""
-        self._pause = (paused, keys)
+    def _pausing(self, paused, running, keys):
+        """Guards the wrapped optimizer's writes to `keys` by `paused` (a
+        boolean scalar) or `running` (the same as a float, 0 or 1)."""
+        self._pause = (paused, running, keys)
         try:
             yield
         finally:
@@ -423,22 +452,30 @@ class LRMultiplier(keras.optimizers.Optimizer):
     def _guard_write(self, target, value, kind):
         """The value the wrapped optimizer writes into `target`: unchanged,
         or the target's current value where the variable it serves is paused.
-        Costs one `where` per write (fused into the update on XLA)."""
+
+        Costs one op per guarded write (fused into the update on XLA): an
+        increment is multiplied by 0 or 1 where the update at rate 0 is finite
+        (`"pin"`; TensorFlow runs op by op, and a multiply costs less than a
+        select there), anything else goes through `where`.
+        """
         pause = self._pause
         if pause is None or _keras_compat.var_key(
-                self.inner_optimizer, target) not in pause[1]:
+                self.inner_optimizer, target) not in pause[2]:
             return value
-        paused = pause[0]
+        paused, running, _ = pause
         value = _read(value)  # RMSprop subtracts its momentum variable
         sparse = _is_indexed_slices(value)
         values = value.values if sparse else value
-        if kind != "assign":
-            keep = 0  # add or subtract nothing
-        elif sparse:
-            keep = ops.take(_read(target), value.indices, axis=0)
+        if kind != "assign" and self._pause_form == "pin":
+            values = values * ops.cast(running, values.dtype)
         else:
-            keep = _read(target)
-        values = ops.where(paused, keep, values)
+            if kind != "assign":
+                keep = 0  # add or subtract nothing
+            elif sparse:
+                keep = ops.take(_read(target), value.indices, axis=0)
+            else:
+                keep = _read(target)
+            values = ops.where(paused, keep, values)
         return type(value)(values, value.indices, value.dense_shape) if sparse else values
 
     def _update_and_restore(self, update_step, gradient, variable,
@@ -480,6 +517,16 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 for t, value in zip(keep, saved):
                     t.value.copy_(value)
             return
+        pinned = [t.clone() for t in plan.pinned_values]
+        self._torch_update(parallel_update_step, plan, grads, variables,
+                           learning_rate)
+        for t, value in zip(plan.pinned_values, pinned):
+            t.copy_(value)
+
+    def _torch_update(self, parallel_update_step, plan, grads, variables,
+                      learning_rate):
+        import torch
+
         run_grads, run_vars = grads, variables
         if len(plan.running) < len(variables):
             run_grads = [grads[p] for p in plan.running]
@@ -532,15 +579,17 @@ class LRMultiplier(keras.optimizers.Optimizer):
         coefficients, groups = [], {}
         for p, v in enumerate(variables):
             j = self._active_index[_keras_compat.var_key(inner, v)]
-            if lr[j] == 0:
-                continue  # paused: no update, no decay, state untouched
+            if lr[j] == 0 and self._pause_form == "hold":
+                continue  # paused: no update, no decay, state held
+            if lr[j] == 0 and self._pause_form == "pin":
+                plan.pinned.append(p)  # runs at rate 0, then put back
             plan.running.append(p)
             plan.multipliers.append(lr[j])
             groups.setdefault(lr[j], []).append(p)
             if lr[j] != 1:
                 plan.moved.append(p)
                 plan.moved_multipliers.append(lr[j])
-            if self._weight_decay[j] is not None:
+            if self._weight_decay[j] is not None and lr[j] != 0:
                 plan.decayed.append(p)
                 coefficients.append(lr[j] * decay[j] * self._weight_decay[j])
         plan.groups = list(groups.items())
@@ -571,6 +620,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # The torch tensors behind the variables (reading `.value` costs more
         # than the update of a small tensor).
         plan.moved_values = [variables[p].value for p in plan.moved]
+        plan.pinned_values = [variables[p].value for p in plan.pinned]
         plan.decayed_values = [variables[p].value for p in plan.decayed]
         if plan.decayed:
             plan.decay_coefficients = torch.tensor(
@@ -760,6 +810,7 @@ class _TorchPlan:
         self.moved, self.moved_multipliers, self.moved_values = [], [], []
         self.decayed, self.decay_coefficients, self.decayed_values = [], None, []
         self.groups, self.single, self.form = [], None, None
+        self.pinned, self.pinned_values = [], []
 
 
 def _is_indexed_slices(value):
