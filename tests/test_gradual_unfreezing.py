@@ -46,8 +46,8 @@ class Recorder(keras.callbacks.Callback):
 def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
     """Keras SGD (momentum, decoupled decay) on `mlp` by hand, batches of 8
     in order. `rates[t][j]` is the learning rate of group j at step t, 0 for
-    paused (no update, no decay, velocity untouched). Returns the parameters
-    after every step."""
+    paused (no update, no decay; the velocity decays as at rate 0). Returns
+    the parameters after every step."""
     params = [p.astype("float64") for p in params]
     velocity = [np.zeros_like(p) for p in params]
     history = []
@@ -66,6 +66,7 @@ def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
         for i, g in enumerate(grads):
             rate = step_rates[i // 2]
             if rate == 0:
+                velocity[i] = momentum * velocity[i]
                 continue
             params[i] = params[i] - params[i] * wd * rate
             velocity[i] = momentum * velocity[i] - rate * g
