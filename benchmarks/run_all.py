@@ -122,7 +122,32 @@ def targets(results):
                          f"(faster in {won} of {len(measurable)})")
     lines.append("| faster than MultiOptimizer where it has measurable (>2%) overhead | "
                  + " | ".join(cells) + " |")
+    cells = []
+    for backend in _backends(results):
+        values = _aa_ratios(results, backend)
+        cells.append("n/a" if not values else
+                     f"{c.fmt_overhead(min(values))} to {c.fmt_overhead(max(values))}")
+    lines.append("| noise floor: plain A/A on the same models (not a target) | "
+                 + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _aa_ratios(results, backend):
+    """The A/A ratios (second plain copy / first) behind the 25-multiplier
+    verdict: the optimizer-bound step times and the scaling model."""
+    values = []
+    run = results["runs"].get("step_time")
+    if run and backend in run["results"]:
+        for name in run["options"]["optimizers"]:
+            again = run["results"][backend][f"optimizer-bound/{name}"]["variants"].get(c.AGAIN)
+            if again:
+                values.append(again["ratio"])
+    run = results["runs"].get("scaling")
+    if run and backend in run["results"]:
+        again = run["results"][backend][str(run["options"]["layers"])]["variants"].get(c.AGAIN)
+        if again:
+            values.append(again["ratio"])
+    return values
 
 
 def _backends(results):
@@ -173,6 +198,11 @@ def render(results, image):
         "\n## Step time of `model.fit`\n",
         "Each benchmark alternates its variants round by round in one process per backend; "
         "a ratio is the median over rounds of (variant time / plain time in the same round). "
+        "Of two identical models, the one built later can run a few percent slower (4-5% "
+        "on JAX here, for the same compiled step), and the plain baseline used to be built "
+        "first. So there are two copies of it, built first and last; the plain time of a "
+        "round is the geometric mean of both, and the **plain A/A** column (the second copy "
+        "against the first, which measures no change at all) shows the noise floor. "
         "`python benchmarks/step_time.py`\n",
         _report("step_time", results),
         "\n## Scaling with the number of multipliers and of variables\n",
@@ -265,22 +295,26 @@ depends on what is cheap on each backend.
 The first design ran every update at `lr * m` and, to pause, copied the
 variable and each of its slots before the update and put them back with
 `where(m == 0, old, new)` after it; on torch it ran one fused call per group of
-equal multipliers. Counted with `benchmarks/op_counts.py` (50 Dense(16) layers,
-100 variables), plain / first design / now:
+equal multipliers. The second guarded every write with a `where` and held the
+paused variable's state for every optimizer (one select per write: 3 per
+variable for Adam). Counted with `benchmarks/op_counts.py` (50 Dense(16)
+layers, 100 variables), plain / first design / second / now:
 
-| | plain | first design | now |
-|---|---:|---:|---:|
-| JAX, XLA kernels in the train step, Adam | 606 | 709 | 608 |
-| JAX, XLA kernels in the train step, SGD | 455 | 507 | 457 |
-| TensorFlow, ops in the train step, Adam | 3,394 | 5,594 | 3,799 |
-| TensorFlow, ops in the train step, SGD | 1,394 | 3,094 | 1,799 |
-| torch, `_foreach_*` calls per step, Adam, 25 multipliers | 10 | 250 | 14 |
-| torch, `_foreach_*` calls per step, Adam, 100 multipliers | 10 | 1,000 | 14 |
+| | plain | first design | second | now |
+|---|---:|---:|---:|---:|
+| JAX, XLA kernels in the train step, Adam | 606 | 709 | 608 | 608 |
+| JAX, XLA kernels in the train step, SGD | 455 | 507 | 457 | 457 |
+| TensorFlow, ops in the train step, Adam | 3,394 | 5,594 | 3,799 | 3,307 |
+| TensorFlow, ops in the train step, SGD | 1,394 | 3,094 | 1,799 | 1,407 |
+| torch, `_foreach_*` calls per step, Adam, 25 multipliers | 10 | 250 | 14 | 14 |
+| torch, `_foreach_*` calls per step, Adam, 100 multipliers | 10 | 1,000 | 14 | 14 |
 
+On TensorFlow difflr now runs fewer ops than the plain optimizer for Adam and
+AdamW (it reads the rate once per step, not once per variable), and 13 more
+for SGD: one multiply per variable, which keeps it in place when paused, less
+the reads it saves.
 What remains on JAX is not kernels but work inside them: each fused update
-reads its multiplier from the multiplier vector and selects on `m == 0`, which
-costs a few percent on a model of tiny layers (the counts above are equal, the
-time is not; see the step times). On torch, the step form's four extra
+reads its multiplier from the multiplier vector. On torch, the step form's four extra
 `_foreach_*` calls each touch every moved tensor, which on CPU means one small
 operation per tensor; for large tensors they are memory traffic, which is why
 difflr then runs one call per group instead.

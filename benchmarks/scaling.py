@@ -4,8 +4,9 @@ the number of variables.
 On the optimizer-bound model (Dense(16) layers, batch 8, Adam): with 100
 layers (200 variables), the variables dealt out over 1, 5, 25, 100 and 200
 (one per variable) distinct multipliers; and at 25 multipliers, models of 10,
-50 and 100 layers. Each model size has its own plain baseline, alternated
-with its variants round by round; ratios are medians of per-round ratios.
+50 and 100 layers. Each model size has its own plain baseline (two copies,
+built first and last: `_common.AGAIN`), alternated with its variants round by
+round; ratios are medians of per-round ratios.
 
     python benchmarks/scaling.py
     python benchmarks/scaling.py --backends torch --set rounds=3
@@ -48,11 +49,13 @@ def measure(options):
         if c.has_multi_optimizer():
             variants += [("MultiOptimizer", k) for k in counts
                          if k in options["multi_counts"]]
+        variants.append((c.AGAIN, 0))
         for variant, count in variants:
             model = c.mlp(layers, width)
             model.compile(optimizer=c.optimizer_for(variant, name, model, count), loss="mse")
             model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=2, verbose=0)
-            timers[variant if variant == "plain" else f"{variant}@{count}"] = (
+            plain = variant in ("plain", c.AGAIN)
+            timers[variant if plain else f"{variant}@{count}"] = (
                 c.fit_timer(model, x, y, batch))
         results[str(layers)] = {"variables": 2 * layers,
                                 "variants": c.summarize(c.alternate(timers, options["rounds"]))}
@@ -74,7 +77,8 @@ def report(results, options):
              f"{options['rounds']} alternating rounds)\n"]
     header = "| backend | plain ms/step | " + " | ".join(
         f"difflr @{k}" for k in options["counts"]) + " | " + " | ".join(
-        f"MultiOptimizer @{k}" for k in options["counts"] if k in options["multi_counts"]) + " |"
+        f"MultiOptimizer @{k}" for k in options["counts"] if k in options["multi_counts"]
+    ) + " | plain A/A |"
     lines.append(header)
     lines.append("|---|" + "---:|" * (header.count("|") - 2))
     for backend, per_backend in results.items():
@@ -82,20 +86,27 @@ def report(results, options):
         cells = [c.fmt_ms(v["plain"]["ms"])]
         cells += [c.fmt_ratio(r) for _, r in series(per_backend, options, "difflr")]
         cells += [c.fmt_ratio(r) for _, r in series(per_backend, options, "MultiOptimizer")]
+        cells.append(_aa(v))
         lines.append(f"| {backend} | " + " | ".join(cells) + " |")
     count = options["variable_count"]
     sizes = sorted(int(k) for k in next(iter(results.values())))
     lines.append(f"\n**Number of variables** ({count} distinct multipliers, or one per "
                  f"variable when there are fewer; difflr / plain)\n")
-    lines.append("| backend | " + " | ".join(f"{2 * n} variables" for n in sizes) + " |")
+    lines.append("| backend | " + " | ".join(f"{2 * n} variables (A/A)" for n in sizes)
+                 + " |")
     lines.append("|---|" + "---:|" * len(sizes))
     for backend, per_backend in results.items():
         cells = []
         for n in sizes:
-            v = per_backend[str(n)]["variants"][f"difflr@{count}"]
-            cells.append(c.fmt_ratio(v["ratio"]))
+            v = per_backend[str(n)]["variants"]
+            cells.append(f"{c.fmt_ratio(v[f'difflr@{count}']['ratio'])} ({_aa(v)})")
         lines.append(f"| {backend} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _aa(variants):
+    again = variants.get(c.AGAIN)
+    return "n/a" if again is None else c.fmt_ratio(again["ratio"])
 
 
 def plot(results, options, path):

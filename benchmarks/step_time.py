@@ -8,7 +8,8 @@ compute-bound one (a small CNN). Adam, AdamW (weight decay 0.01) and SGD
 multipliers (the CNN has fewer variables: one multiplier each). The variants
 alternate round by round in one process per backend; the table reports the
 median time per step and the median of the per-round ratios to the plain
-optimizer.
+optimizer, measured on two copies built first and last (`_common.AGAIN`; the
+"plain A/A" column is the second copy against the first: the noise floor).
 
     python benchmarks/step_time.py                    # all three backends
     python benchmarks/step_time.py --backends jax --set rounds=3
@@ -79,17 +80,19 @@ def report(results, options):
                      f"{first['multipliers']} distinct multipliers; median of "
                      f"{options['rounds']} alternating rounds)\n")
         lines.append("| optimizer | backend | plain ms/step | difflr ms/step | difflr / plain "
-                     "| MultiOptimizer ms/step | MultiOptimizer / plain |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|")
+                     "| MultiOptimizer ms/step | MultiOptimizer / plain | plain A/A |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
         for name in options["optimizers"]:
             for backend, per_backend in results.items():
                 v = per_backend[f"{kind}/{name}"]["variants"]
                 multi = v.get("MultiOptimizer")
                 multi_cells = ("n/a | n/a" if multi is None else
                                f"{c.fmt_ms(multi['ms'])} | {c.fmt_ratio(multi['ratio'])}")
+                again = v.get(c.AGAIN)
                 lines.append(f"| {name} | {backend} | {c.fmt_ms(v['plain']['ms'])} | "
                              f"{c.fmt_ms(v['difflr']['ms'])} | "
-                             f"{c.fmt_ratio(v['difflr']['ratio'])} | {multi_cells} |")
+                             f"{c.fmt_ratio(v['difflr']['ratio'])} | {multi_cells} | "
+                             f"{'n/a' if again is None else c.fmt_ratio(again['ratio'])} |")
         lines.append("")
     return "\n".join(lines)
 
