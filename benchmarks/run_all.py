@@ -182,12 +182,13 @@ def render(results, image):
         f"{load}.",
     ]
     if busy:
-        parts.append("\n> **Measured under load**: other jobs were running on this machine, "
-                     "so single timings are noisy. The ratios are medians of rounds that "
-                     "alternate the variants, which cancels most of it; the operation counts "
-                     "below do not depend on the load at all. TensorFlow suffers most: its "
-                     "step time jumps between two levels about 2x apart as its threads "
-                     "compete with other jobs for the cores, whatever the optimizer; every "
+        parts.append("\n> **Load**: the one-minute load average went above 1.2 on this "
+                     "2-core machine (the benchmarks alone keep it near 1), so something else "
+                     "may have competed for the cores, and single timings are noisy. The "
+                     "ratios are medians of rounds that alternate the variants, which cancels "
+                     "most of it; the operation counts below do not depend on the load at "
+                     "all. TensorFlow suffers most when the cores are shared: its step time "
+                     "jumps between two levels about 2x apart, whatever the optimizer; every "
                      "round's time is in `performance.json`.\n")
     if results["quick"]:
         parts.append("\n> **Quick run** (`--quick`): tiny models and rounds, to check the "
@@ -195,6 +196,10 @@ def render(results, image):
     parts += [
         "\n## Targets\n",
         targets(results),
+        "A ratio is a median of paired rounds, and the A/A row shows how far two identical "
+        "optimizers drift apart at the same number of rounds: an overhead inside that spread "
+        "cannot be told from noise here. The counts under *What a step executes* do not "
+        "depend on noise, and say what each backend does more than the plain optimizer.\n",
         "\n## Step time of `model.fit`\n",
         "Each benchmark alternates its variants round by round in one process per backend; "
         "a ratio is the median over rounds of (variant time / plain time in the same round). "
