@@ -76,7 +76,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
     **Optimizer memory.** The callback freezes groups after the optimizer was
     built, so every group holds its optimizer state (Adam's moments, ...)
     from the start, frozen or not: that is what lets it unfreeze inside the
-    same compiled `fit`. Only variables whose multiplier is 0 when the
+    same compiled `fit`. While a group is frozen, that state goes on as at
+    learning rate 0 (see `difflr.LRMultiplier`): with Adam and its kin, its
+    moments keep tracking the gradients, so it resumes with warm moments and
+    the right bias correction. Only variables whose multiplier is 0 when the
     optimizer is built cost no optimizer memory, and they can never be
     unfrozen (unless `keep_frozen_state=True`): use that for what stays
     frozen for good, and this callback for what will train later.
