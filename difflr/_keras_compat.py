@@ -243,16 +243,10 @@ def rate_form(optimizer):
     Checked against the update math of Keras 3.12.0 to 3.15.1, on every
     backend (the torch backend's fused `_parallel_update_step` too).
     """
-    optimizers = keras.optimizers
-    fused = getattr(type(optimizer), "_parallel_update_step", None)
-    if fused is not None and not _keras_own(fused):
-        return None
-    if isinstance(optimizer, optimizers.SGD):
-        own = type(optimizer).update_step is optimizers.SGD.update_step
-        return "gradient" if own else None
+    if _updates_as(optimizer, keras.optimizers.SGD):
+        return "gradient"
     for name in _RATE_TIMES_STEP:
-        cls = getattr(optimizers, name)
-        if isinstance(optimizer, cls) and type(optimizer).update_step is cls.update_step:
+        if _updates_as(optimizer, getattr(keras.optimizers, name)):
             if name == "RMSprop" and optimizer.momentum:
                 return None
             return "step"
@@ -280,15 +274,18 @@ def pause_form(optimizer):
     form = rate_form(optimizer)
     if form == "step":
         return "rate"
-    if form == "gradient":
-        return "pin"
-    rmsprop = keras.optimizers.RMSprop
-    fused = getattr(type(optimizer), "_parallel_update_step", None)
-    if (isinstance(optimizer, rmsprop)
-            and type(optimizer).update_step is rmsprop.update_step
-            and (fused is None or _keras_own(fused))):
+    if form == "gradient" or _updates_as(optimizer, keras.optimizers.RMSprop):
         return "pin"
     return "hold"
+
+
+def _updates_as(optimizer, cls):
+    """Whether `optimizer` is a `cls` that updates with `cls`'s own math: its
+    `update_step`, and on torch a fused `_parallel_update_step` from Keras."""
+    fused = getattr(type(optimizer), "_parallel_update_step", None)
+    return (isinstance(optimizer, cls)
+            and type(optimizer).update_step is cls.update_step
+            and (fused is None or _keras_own(fused)))
 
 
 def _keras_own(function):
