@@ -355,8 +355,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     def _hooked_update_step(self, update_step, gradient, variable, learning_rate):
         inner = self.inner_optimizer
-        key = _keras_compat.var_key(inner, variable)
-        index = self._active_index.get(key)
+        index = self._active_index.get(_keras_compat.var_key(inner, variable))
         if index is None:
             return update_step(gradient, variable, learning_rate)
         m, d = self._multipliers(index)
