@@ -252,24 +252,12 @@ def variants_available():
 
 def machine():
     """What the numbers were measured on."""
-    from importlib import metadata
+    from difflr._machine import cpu_model, package_version
 
-    versions = {}
-    for name, dists in (("keras", ["keras"]), ("jax", ["jax"]), ("jaxlib", ["jaxlib"]),
-                        ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
-                        ("torch", ["torch"]), ("numpy", ["numpy"])):
-        versions[name] = "not installed"
-        for dist in dists:
-            try:
-                versions[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:  # reported, not fatal
-                pass
-    from difflr._machine import cpu_model
-
-    cpu = cpu_model()
+    versions = {name: package_version(name)
+                for name in ("keras", "jax", "jaxlib", "tensorflow", "torch", "numpy")}
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -154,13 +154,7 @@ def machine():
     """What the results were measured on."""
     cpu = _machine.cpu_model()
     backend = keras.backend.backend()
-    package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-    try:
-        from importlib.metadata import version
-
-        backend_version = version(package.get(backend, backend))
-    except Exception:  # a backend installed under another distribution name
-        backend_version = "unknown"
+    backend_version = _machine.package_version(backend)
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
