@@ -61,8 +61,8 @@ def run(backends, quick):
 
 
 def _step_rows(results):
-    """(optimizer, backend, difflr ratio, MultiOptimizer ratio) on the
-    optimizer-bound model."""
+    """(optimizer, backend, difflr ratio, MultiOptimizer ratio, A/A ratio) on
+    the optimizer-bound model; a variant that did not run gives None."""
     run = results["runs"].get("step_time")
     if not run:
         return []
@@ -70,18 +70,31 @@ def _step_rows(results):
     for name in run["options"]["optimizers"]:
         for backend, r in run["results"].items():
             v = r[f"optimizer-bound/{name}"]["variants"]
-            multi = v.get("MultiOptimizer")
-            rows.append((name, backend, v["difflr"]["ratio"],
-                         None if multi is None else multi["ratio"]))
+            ratios = [v[k]["ratio"] if k in v else None
+                      for k in ("difflr", "MultiOptimizer", c.AGAIN)]
+            rows.append((name, backend, *ratios))
     return rows
+
+
+def _scaling(results, backend):
+    """({count: difflr ratio}, A/A ratio or None) on the scaling benchmark's
+    model, or None where it did not run."""
+    run = results["runs"].get("scaling")
+    if not run or backend not in run["results"]:
+        return None
+    per_backend = run["results"][backend]
+    at = dict(scaling.series(per_backend, run["options"], "difflr"))
+    again = per_backend[str(run["options"]["layers"])]["variants"].get(c.AGAIN)
+    return at, None if again is None else again["ratio"]
 
 
 def targets(results):
     """The issue's targets, judged from the measurements."""
-    lines = ["| target | " + " | ".join(_backends(results)) + " |",
-             "|---|" + "---:|" * len(_backends(results))]
+    backends = _backends(results)
+    lines = ["| target | " + " | ".join(backends) + " |",
+             "|---|" + "---:|" * len(backends)]
     rows = _step_rows(results)
-    scaling_run = results["runs"].get("scaling")
+    scaled = {backend: _scaling(results, backend) for backend in backends}
 
     def verdict(values, limit):
         if not values:
@@ -90,27 +103,24 @@ def targets(results):
         return f"{'met' if worst <= limit else 'missed'} ({c.fmt_overhead(worst)})"
 
     cells = []
-    for backend in _backends(results):
-        values = [d for _, b, d, _ in rows if b == backend]
-        if scaling_run and backend in scaling_run["results"]:
-            at = dict(scaling.series(scaling_run["results"][backend], scaling_run["options"],
-                                     "difflr"))
-            values += [at[k] for k in at if k == 25]
+    for backend in backends:
+        values = [d for _, b, d, _, _ in rows if b == backend]
+        if scaled[backend]:
+            values += [r for k, r in scaled[backend][0].items() if k == 25]
         cells.append(verdict(values, 1.02))
     lines.append("| 25 multipliers: within 2% of the plain optimizer (worst case) | "
                  + " | ".join(cells) + " |")
     cells = []
-    for backend in _backends(results):
-        if scaling_run and backend in scaling_run["results"]:
-            at = dict(scaling.series(scaling_run["results"][backend], scaling_run["options"],
-                                     "difflr"))
-            cells.append(verdict([at[k] for k in at if k == 100], 1.05))
+    for backend in backends:
+        if scaled[backend]:
+            cells.append(verdict([r for k, r in scaled[backend][0].items() if k == 100],
+                                 1.05))
         else:
             cells.append("n/a")
     lines.append("| 100 multipliers: within 5% | " + " | ".join(cells) + " |")
     cells = []
-    for backend in _backends(results):
-        pairs = [(d, m) for _, b, d, m in rows if b == backend and m is not None]
+    for backend in backends:
+        pairs = [(d, m) for _, b, d, m, _ in rows if b == backend and m is not None]
         measurable = [(d, m) for d, m in pairs if m > 1.02]
         if not pairs:
             cells.append("n/a")
@@ -123,31 +133,16 @@ def targets(results):
     lines.append("| faster than MultiOptimizer where it has measurable (>2%) overhead | "
                  + " | ".join(cells) + " |")
     cells = []
-    for backend in _backends(results):
-        values = _aa_ratios(results, backend)
+    for backend in backends:
+        # The A/A ratios behind the 25-multiplier verdict.
+        values = [a for _, b, _, _, a in rows if b == backend and a is not None]
+        if scaled[backend] and scaled[backend][1] is not None:
+            values.append(scaled[backend][1])
         cells.append("n/a" if not values else
                      f"{c.fmt_overhead(min(values))} to {c.fmt_overhead(max(values))}")
     lines.append("| noise floor: plain A/A on the same models (not a target) | "
                  + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _aa_ratios(results, backend):
-    """The A/A ratios (second plain copy / first) behind the 25-multiplier
-    verdict: the optimizer-bound step times and the scaling model."""
-    values = []
-    run = results["runs"].get("step_time")
-    if run and backend in run["results"]:
-        for name in run["options"]["optimizers"]:
-            again = run["results"][backend][f"optimizer-bound/{name}"]["variants"].get(c.AGAIN)
-            if again:
-                values.append(again["ratio"])
-    run = results["runs"].get("scaling")
-    if run and backend in run["results"]:
-        again = run["results"][backend][str(run["options"]["layers"])]["variants"].get(c.AGAIN)
-        if again:
-            values.append(again["ratio"])
-    return values
 
 
 def _backends(results):
