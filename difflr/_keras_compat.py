@@ -253,6 +253,100 @@ def rate_form(optimizer):
     return None
 
 
+def torch_update_with_rates(optimizer, variables):
+    """Keras's fused torch update of SGD or Adam/AdamW, with one learning
+    rate per variable; None for any other optimizer.
+
+    Keras's `_parallel_update_step` takes one rate for all the variables.
+    This is its math (`keras/src/backend/torch/optimizers/torch_sgd.py` and
+    `torch_adam.py`, the same from Keras 3.12.0 to 3.15.1) with that rate
+    made a per-tensor scalar of the same `torch._foreach_*` calls, so the
+    variables keep the plain optimizer's kernels and passes over them:
+
+        SGD:   b <- momentum * b - lr_i * g;   v <- v + b
+               (Nesterov: v <- v - lr_i * g + momentum * b; no momentum:
+               v <- v - lr_i * g)
+        Adam:  m <- beta_1 * m + (1 - beta_1) * g
+               u <- beta_2 * u + (1 - beta_2) * g^2   (AMSGrad: u_hat)
+               v <- v - lr_i * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+                          * m / (sqrt(u) + epsilon)
+
+    Reads the private slot lists (`momentums`, `_momentums`, `_velocities`,
+    `_velocity_hats`) through `_get_variable_index`.
+
+    Args:
+        optimizer: the wrapped optimizer, on the torch backend.
+        variables: the Keras variables of one fused update, in its order.
+
+    Returns:
+        None, or `update(grads, rates, scalars)`: `rates` is a 1-d tensor of
+        the variables' learning rates, and `scalars(vector)` turns a 1-d
+        tensor into a list of 0-d tensors (the per-tensor scalars).
+    """
+    import torch
+
+    if not has_fused_update(optimizer):
+        return None
+    values = [v.value for v in variables]
+    index = [optimizer._get_variable_index(v) for v in variables]
+
+    if _updates_as(optimizer, keras.optimizers.SGD):
+        momentum, nesterov = optimizer.momentum, optimizer.nesterov
+        buffers = ([optimizer.momentums[i].value for i in index]
+                   if momentum != 0 else None)
+
+        def sgd(grads, rates, scalars):
+            minus = scalars(-rates)  # v + g * (-lr_i): one kernel, as alpha=
+            if buffers is None:
+                torch._foreach_addcmul_(values, grads, minus)
+                return
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_addcmul_(buffers, grads, minus)
+            if nesterov:
+                torch._foreach_addcmul_(values, grads, minus)
+                torch._foreach_add_(values, buffers, alpha=momentum)
+            else:
+                torch._foreach_add_(values, buffers)
+
+        return sgd
+
+    if _updates_as(optimizer, keras.optimizers.Adam):
+        beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
+        epsilon, amsgrad = optimizer.epsilon, optimizer.amsgrad
+        first = [optimizer._momentums[i].value for i in index]
+        second = [optimizer._velocities[i].value for i in index]
+        hats = ([optimizer._velocity_hats[i].value for i in index]
+                if amsgrad else None)
+        dtype, device = values[0].dtype, values[0].device
+        beta_1_t = torch.tensor(beta_1, dtype=dtype, device=device)
+        beta_2_t = torch.tensor(beta_2, dtype=dtype, device=device)
+
+        def adam(grads, rates, scalars):
+            step = (optimizer.iterations + 1).to(dtype)
+            alphas = scalars(rates.to(dtype) * torch.sqrt(1 - torch.pow(beta_2_t, step))
+                             / (1 - torch.pow(beta_1_t, step)))
+            torch._foreach_mul_(first, beta_1)
+            torch._foreach_add_(first, grads, alpha=1 - beta_1)
+            torch._foreach_mul_(second, beta_2)
+            torch._foreach_add_(second, torch._foreach_mul(grads, grads),
+                                alpha=1 - beta_2)
+            denominators = second
+            if amsgrad:
+                torch._foreach_maximum_(hats, second)
+                denominators = hats
+            torch._foreach_add_(
+                values,
+                torch._foreach_div(
+                    torch._foreach_mul(first, alphas),
+                    torch._foreach_add(torch._foreach_sqrt(denominators), epsilon),
+                ),
+                alpha=-1,
+            )
+
+        return adam
+    return None
+
+
 def pause_form(optimizer):
     """What a multiplier of 0 does to a variable's optimizer state.
 

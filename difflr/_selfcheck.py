@@ -35,6 +35,7 @@ def _optimizers():
     O = keras.optimizers
     cases = {
         "sgd": lambda lr, **kw: O.SGD(lr, **kw),
+        "sgd_momentum": lambda lr, **kw: O.SGD(lr, momentum=0.9, **kw),
         "sgd_momentum_nesterov": lambda lr, **kw: O.SGD(lr, momentum=0.9, nesterov=True, **kw),
         "adam": lambda lr, **kw: O.Adam(lr, **kw),
         "adam_amsgrad": lambda lr, **kw: O.Adam(lr, amsgrad=True, **kw),

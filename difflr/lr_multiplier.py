@@ -238,7 +238,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # is the fewest ops; XLA (JAX) fuses the step form into the update.
         self._step_form = backend == "jax" and form == "step"
         full = all(v.dtype in _FULL_PRECISION for v in active)
-        self._torch_form = form if self._is_torch and full else None
+        self._torch_step_form = self._is_torch and full and form == "step"
         if self._guarded:
             _keras_compat.install_write_guard(inner, self._guard_write)
         for v in var_list:
@@ -495,11 +495,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
         Keras's torch optimizers update a list of variables with
         `torch._foreach_*` kernels at one scalar rate. The plan keeps that to
-        a single call whatever the number of distinct multipliers: SGD takes
-        the gradients times m at the base rate; Adam and its kin take their
-        step at the base rate in zeroed variables, which are then scaled by m
-        and added back (`_keras_compat.rate_form`). Other optimizers, and a
-        few groups of large tensors (where the fused forms' extra passes cost
+        a single fused update whatever the number of distinct multipliers:
+        SGD, Adam and AdamW run Keras's kernels with the rate as a per-tensor
+        scalar (`_keras_compat.torch_update_with_rates`: no extra pass);
+        Adamax, Nadam, Adagrad, Adadelta, Lion and RMSprop take their step at
+        the base rate in zeroed variables, which are then scaled by m and
+        added back (`_keras_compat.rate_form`). Other optimizers, and a few
+        groups of large tensors (where that step form's extra passes cost
         more than a call per group), run one call per group of equal
         multipliers, as PyTorch's param groups do.
         """
@@ -530,17 +532,14 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if len(plan.running) < len(variables):
             run_grads = [grads[p] for p in plan.running]
             run_vars = [variables[p] for p in plan.running]
-        # (Lists of 0-d tensors: on CPU, torch._foreach_* with Python scalars
-        # wraps every scalar in a new tensor, tensor by tensor.)
         if plan.decayed:
             # v <- v * (1 - lr * m * d * wd), all decayed variables in one call
             factors = 1 - learning_rate * plan.decay_coefficients
-            torch._foreach_mul_(plan.decayed_values, list(factors.unbind()))
+            torch._foreach_mul_(plan.decayed_values, plan.decay_scalars(factors))
         if plan.single is not None:
             parallel_update_step(run_grads, run_vars, learning_rate * plan.single)
-        elif plan.form == "gradient":
-            parallel_update_step(torch._foreach_mul(run_grads, plan.multipliers),
-                                 run_vars, learning_rate)
+        elif plan.form == "rates":
+            plan.update(run_grads, learning_rate * plan.rates, plan.rate_scalars)
         elif plan.form == "step":
             moved = plan.moved_values
             # The old values wait as -v: a copy in one call (a transient one,
@@ -593,29 +592,26 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 coefficients.append(lr[j] * decay[j] * self._weight_decay[j])
         plan.groups = list(groups.items())
         plan.single = plan.groups[0][0] if len(plan.groups) == 1 else None
-        plan.form = self._torch_form
-        if plan.form is not None and plan.single is None:
-            # A fused form costs extra passes over tensors (4 over the moved
-            # ones for the step form, 1 over the gradients for SGD's); one call
-            # per group costs a fixed overhead per extra group. Rough costs
-            # (about 1 us per tensor, 1 ns per number, 50 us per call) pick
-            # the cheaper: the fused form for many small tensors, groups for
-            # few groups of large ones.
-            passes, touched = ((4, plan.moved) if plan.form == "step"
-                               else (1, plan.running))
-            numbers = sum(math.prod(variables[p].shape) for p in touched)
-            if passes * (len(touched) + numbers / 1000) > 50 * (len(plan.groups) - 1):
-                plan.form = None
-
-        def scalars(positions, values):
-            return [torch.tensor(m, dtype=variables[p].value.dtype,
-                                 device=variables[p].value.device)
-                    for p, m in zip(positions, values)]
-
-        if plan.single is None and plan.form == "gradient":
-            plan.multipliers = scalars(plan.running, plan.multipliers)
-        if plan.single is None and plan.form == "step":
-            plan.moved_multipliers = scalars(plan.moved, plan.moved_multipliers)
+        device = variables[0].value.device
+        if plan.single is None:
+            plan.update = _keras_compat.torch_update_with_rates(
+                inner, [variables[p] for p in plan.running])
+        if plan.update is not None:
+            plan.form = "rates"
+            plan.rates = torch.tensor(plan.multipliers, dtype=torch.float32,
+                                      device=device)
+        elif plan.single is None and self._torch_step_form:
+            # The step form costs 4 extra passes over the moved tensors; one
+            # call per group costs a fixed overhead per extra group. Rough
+            # costs (about 1 us per tensor, 1 ns per number, 50 us per call)
+            # pick the cheaper: the step form for many small tensors, groups
+            # for few groups of large ones.
+            numbers = sum(math.prod(variables[p].shape) for p in plan.moved)
+            if 4 * (len(plan.moved) + numbers / 1000) <= 50 * (len(plan.groups) - 1):
+                plan.form = "step"
+                plan.moved_multipliers = [
+                    torch.tensor(m, dtype=variables[p].value.dtype, device=device)
+                    for p, m in zip(plan.moved, plan.moved_multipliers)]
         # The torch tensors behind the variables (reading `.value` costs more
         # than the update of a small tensor).
         plan.moved_values = [variables[p].value for p in plan.moved]
@@ -810,6 +806,28 @@ class _TorchPlan:
         self.decayed, self.decay_coefficients, self.decayed_values = [], None, []
         self.groups, self.single, self.form = [], None, None
         self.pinned, self.pinned_values = [], []
+        self.update, self.rates = None, None
+        self.rate_scalars, self.decay_scalars = _Scalars(), _Scalars()
+
+
+class _Scalars:
+    """Turns a 1-d tensor into a list of 0-d tensors, the per-tensor scalars
+    of `torch._foreach_*` (Python floats there cost a new tensor per tensor
+    per call). The 0-d tensors are views of one buffer, refilled by one copy:
+    making them anew would cost about a microsecond each per step."""
+
+    def __init__(self):
+        self._buffer = self._views = None
+
+    def __call__(self, vector):
+        buffer = self._buffer
+        if (buffer is None or buffer.shape != vector.shape
+                or buffer.dtype != vector.dtype or buffer.device != vector.device):
+            buffer = self._buffer = vector.detach().clone()
+            self._views = list(buffer.unbind())
+        else:
+            buffer.copy_(vector)
+        return self._views
 
 
 def _is_indexed_slices(value):
