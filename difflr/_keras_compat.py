@@ -16,6 +16,10 @@ The private names, and why each is unavoidable:
   running its own `apply` (clipping, accumulation, EMA, distribution).
 - `optimizer._parallel_update_step(grads, variables, learning_rate)`: the torch
   backend's fused (`torch._foreach_*`) update of many variables at one rate.
+  For SGD, Adam and AdamW its math is restated with one rate per variable
+  (`torch_update_with_rates`), reading their slot lists and
+  `_get_variable_index`: a copy of Keras's kernels, checked against both ends
+  of the supported range by the contract tests.
 - `optimizer._apply_weight_decay(variables)`: decoupled weight decay, which
   must use each variable's own rate and decay multiplier.
 - `optimizer._var_key(variable)`: how the optimizer identifies a variable
