@@ -264,15 +264,22 @@ depends on what is cheap on each backend.
   RMSprop with momentum and optimizers difflr does not know. (Under
   `jit_compile=True`, XLA fuses all of it into the update as on JAX.)
 - **torch.** Keras's torch optimizers update all variables with one
-  `torch._foreach_*` call per kernel at one scalar rate. difflr keeps a single
-  call whatever the number of multipliers: SGD gets the gradients times `m`
-  (it only uses `lr * g`); Adam and its kin take their step at the base rate
-  in zeroed variables, which one `_foreach_mul_` by the list of multipliers and
-  one `_foreach_sub_` put back; weight decay is one `_foreach_mul_` by a list
-  of factors. Those extra passes touch every moved tensor, so for a few groups
-  of large tensors one call per group of equal multipliers is cheaper, and
-  difflr picks it from a rough cost estimate, as for RMSprop with momentum
-  (which needs it); PyTorch's own param groups always run that way.
+  `torch._foreach_*` call per kernel at one scalar rate. `_foreach_*` also
+  takes a list of 0-d tensors, one scalar per tensor, where Keras passes one:
+  for SGD, Adam and AdamW, difflr makes Keras's own calls with the rate as such
+  a list (`_keras_compat.torch_update_with_rates`), so the update makes the
+  plain optimizer's passes over the variables, whatever the number of
+  multipliers. The list costs one copy per step into a buffer that its 0-d
+  tensors view (creating them anew would cost about a microsecond each).
+  Weight decay is one `_foreach_mul_` by such a list, where Keras's own decay
+  is one call too. Adamax, Nadam, Adagrad, Adadelta, Lion and RMSprop without
+  momentum take their step at the base rate in zeroed variables, which one
+  `_foreach_mul_` by the list of multipliers and one `_foreach_sub_` put back
+  (four extra passes, with the copy of the old values and the zeroing). For a
+  few groups of large tensors one call per group of equal multipliers costs
+  less than those passes, and difflr picks it from a rough cost estimate, as
+  for RMSprop with momentum and other optimizers (which need it); PyTorch's
+  own param groups always run that way.
 - **Multiplier 0 (pause).** The multipliers live in optimizer variables on
   TensorFlow and JAX, so a 0 set later must pause a variable inside the
   compiled step, without retracing. A paused variable does not move, and its
@@ -306,18 +313,19 @@ layers, 100 variables), plain / first design / second / now:
 | JAX, XLA kernels in the train step, SGD | 455 | 507 | 457 | 457 |
 | TensorFlow, ops in the train step, Adam | 3,394 | 5,594 | 3,799 | 3,307 |
 | TensorFlow, ops in the train step, SGD | 1,394 | 3,094 | 1,799 | 1,407 |
-| torch, `_foreach_*` calls per step, Adam, 25 multipliers | 10 | 250 | 14 | 14 |
-| torch, `_foreach_*` calls per step, Adam, 100 multipliers | 10 | 1,000 | 14 | 14 |
+| torch, `_foreach_*` calls per step, Adam, 25 multipliers | 10 | 250 | 14 | 10 |
+| torch, `_foreach_*` calls per step, Adam, 100 multipliers | 10 | 1,000 | 14 | 10 |
 
 On TensorFlow difflr now runs fewer ops than the plain optimizer for Adam and
 AdamW (it reads the rate once per step, not once per variable), and 13 more
 for SGD: one multiply per variable, which keeps it in place when paused, less
 the reads it saves.
 What remains on JAX is not kernels but work inside them: each fused update
-reads its multiplier from the multiplier vector. On torch, the step form's four extra
-`_foreach_*` calls each touch every moved tensor, which on CPU means one small
-operation per tensor; for large tensors they are memory traffic, which is why
-difflr then runs one call per group instead.
+reads its multiplier from the multiplier vector. On torch, SGD, Adam and AdamW
+make the plain optimizer's calls. The step form's four extra `_foreach_*`
+calls, which the other optimizers keep, each touch every moved tensor, which
+on CPU means one small operation per tensor; for large tensors they are
+memory traffic, which is why difflr then runs one call per group instead.
 """
 
 
