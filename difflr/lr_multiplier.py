@@ -198,7 +198,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._model_ref = None if model is None else weakref.ref(model)
         self._lr_values, self._decay_values = lr_values, decay_values
         n = len(active)
-        with keras.name_scope(self.name):
+        with keras.name_scope(self.name, caller=self):
             inner.build(active)
             # Keras may build inside a scope that defers variable creation,
             # where an `assign` right after `add_variable` would be lost: the
@@ -298,7 +298,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         else:
             trainable_variables = list(trainable_variables)
             if not self.built:
-                with keras.name_scope(self.name):
+                with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
             self._check_variables_are_known(trainable_variables)
         grads = list(grads)

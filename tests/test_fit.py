@@ -172,3 +172,27 @@ def test_the_issue_example_runs_as_written():
     assert opt.decay_multiplier_for(bn.gamma) == 0.0
     opt.set_multipliers({backbone: 0.5})
     assert opt.multiplier_for(backbone.trainable_variables[0]) == 0.5
+
+
+@pytest.mark.parametrize("how", ["fit", "apply"])
+def test_optimizer_variable_paths_name_the_wrapper_once(how):
+    """`<name>/lr_multipliers` and `<name>/<wrapped>/<slot>`, whoever builds
+    the optimizer (Keras's `fit` opens the optimizer's name scope itself)."""
+    model, _ = _linear_model()
+    opt = difflr.LRMultiplier(keras.optimizers.Adam(0.01, name="inner"),
+                              {"linear/bias": 0.5}, name="ft")
+    x, y = _data()
+    if how == "fit":
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, epochs=1, verbose=0)
+    else:
+        opt.apply([keras.ops.ones(v.shape) for v in model.trainable_variables],
+                  model.trainable_variables)
+    paths = sorted(v.path for v in opt.variables)
+    assert paths == sorted(["ft/lr_multipliers", "ft/decay_multipliers",
+                            "inner/iteration", "inner/learning_rate"]
+                           + [f"ft/inner/{p}" for p in (
+                               "linear_kernel_momentum",
+                               "linear_kernel_velocity",
+                               "linear_bias_momentum",
+                               "linear_bias_velocity")]), paths
