@@ -366,10 +366,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 self._decay_and_update(update_step, gradient, variable,
                                        learning_rate, index, m, d)
             elif self._pause_form == "pin":
-                pinned = variable.value.clone()
+                pinned = ops.copy(variable.value)
                 self._decay_and_update(update_step, gradient, variable,
                                        learning_rate, index, m, d)
-                variable.value.copy_(pinned)
+                variable.assign(pinned)
             return
         # Inside a compiled step m is a tensor, and m = 0 must pause the
         # variable. At rate 0 Adam and its kin leave it exactly where it is;

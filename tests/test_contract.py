@@ -84,6 +84,20 @@ def test_a_user_subclass_following_update_step_is_scaled():
         assert_close(w, r, what=f"SignSGD: {w.path}")
 
 
+@pytest.mark.parametrize("base", ["Adam", "SGD"])
+def test_a_user_subclass_of_a_keras_optimizer_is_scaled(base):
+    """Keras's math without the torch backend's fused update (Keras swaps in
+    its torch classes only for its own)."""
+    subclass = type(f"My{base}", (getattr(keras.optimizers, base),), {})
+    extra = {"momentum": 0.9} if base == "SGD" else {}
+    make = lambda lr, **kw: subclass(learning_rate=lr, **extra, **kw)
+    grads = gradients(STEPS, SHAPES)
+    _, wrapped = run_wrapped(make, LR_MULTS, DECAY_MULTS, grads)
+    reference = run_reference(make, LR_MULTS, DECAY_MULTS, grads)
+    for w, r in zip(wrapped, reference):
+        assert_close(w, r, what=f"a subclass of {base}: {w.path}")
+
+
 def test_many_equal_multipliers_share_one_group_and_still_match():
     """Nadam keeps per-step state of its own; it must advance once per step
     however many distinct multipliers there are."""
