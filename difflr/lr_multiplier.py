@@ -128,6 +128,22 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._model_ref = None
         _UNBUILT.add(self)
 
+    # Host-side bookkeeping, rewritten by every `set_multipliers` (and the
+    # per-step caches): plain Python, no variables. Keras's attribute
+    # tracking, and TensorFlow's under it, would wrap and walk these lists on
+    # each assignment (three quarters of a `set_multipliers` call on
+    # TensorFlow), so they are set around it.
+    _UNTRACKED = frozenset({
+        "_lr_rules", "_decay_rules", "_lr_values", "_decay_values",
+        "_host_cache", "_group_cache", "_step_values", "_step_rates", "_pause",
+    })
+
+    def __setattr__(self, name, value):
+        if name in self._UNTRACKED:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # The wrapped optimizer owns the base rate and the step counter.
 
     @property
