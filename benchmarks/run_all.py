@@ -320,8 +320,11 @@ On TensorFlow difflr now runs fewer ops than the plain optimizer for Adam and
 AdamW (it reads the rate once per step, not once per variable), and 13 more
 for SGD: one multiply per variable, which keeps it in place when paused, less
 the reads it saves.
-What remains on JAX is not kernels but work inside them: each fused update
-reads its multiplier from the multiplier vector. On torch, SGD, Adam and AdamW
+On JAX the two extra kernels are copies of the two multiplier vectors (100
+numbers each), which the compiled step returns unchanged with the rest of the
+optimizer state, as it copies the plain optimizer's learning rate; besides
+them, each fused update reads its multiplier from the vector, and the step
+takes and returns two more arrays. On torch, SGD, Adam and AdamW
 make the plain optimizer's calls. The step form's four extra `_foreach_*`
 calls, which the other optimizers keep, each touch every moved tensor, which
 on CPU means one small operation per tensor; for large tensors they are
