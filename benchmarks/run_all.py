@@ -286,9 +286,11 @@ depends on what is cheap on each backend.
   state goes on as its own copy of the optimizer at rate 0 would keep it
   (`_keras_compat.pause_form`). For Adam and its kin, "run at rate 0" is
   exactly that, so they need no guard at all. Keras's SGD and RMSprop keep
-  the rate inside their momentum, which would coast: difflr multiplies the
-  increments they write into the variable by 0 or 1 (one multiply per
-  write). Ftrl divides by the rate, and other optimizers are not checked:
+  the rate inside their momentum, a velocity that would coast: `set_multipliers`
+  clears it when a pause begins (one assign, outside the step), and at rate
+  0 it stays 0, so they need no guard either (an earlier version multiplied
+  every increment they write by 0 or 1: one multiply per variable per step
+  on TensorFlow). Ftrl divides by the rate, and other optimizers are not checked:
   their writes to the variable and its slots go through `where(m == 0, keep,
   value)`, so their state is held. Keras's optimizers write only through
   `optimizer.assign`, `assign_add` and `assign_sub`, which is where those

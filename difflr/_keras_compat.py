@@ -359,22 +359,37 @@ def pause_form(optimizer):
 
     Returns:
         - `"rate"`: the update at rate 0 leaves the variable exactly where it
-          is and moves the state as that copy's (the `"step"` optimizers of
-          `rate_form`: Adam's moments keep tracking the gradients, so its bias
-          correction is right when the variable resumes).
-        - `"pin"`: the state at rate 0 is well defined, but the variable would
-          still move, so its writes are held (Keras's SGD and RMSprop with
-          momentum keep the rate inside the momentum, which coasts: the
-          momentum decays, the variable does not move).
+          is and moves the state as that copy's (the optimizers of
+          `rate_form`, and RMSprop: Adam's moments keep tracking the
+          gradients, so its bias correction is right when the variable
+          resumes). Keras's SGD and RMSprop with momentum keep the rate inside
+          their momentum, a velocity in the variable's own units: it is
+          cleared when the pause begins (`velocity_slots`), and at rate 0 it
+          stays 0, as the velocity of a variable that does not move.
         - `"hold"`: anything else (Ftrl divides by the rate; a subclass may do
           anything): the variable and its state are both held.
     """
-    form = rate_form(optimizer)
-    if form == "step":
+    if rate_form(optimizer) or _updates_as(optimizer, keras.optimizers.RMSprop):
         return "rate"
-    if form == "gradient" or _updates_as(optimizer, keras.optimizers.RMSprop):
-        return "pin"
     return "hold"
+
+
+def velocity_slots(optimizer, variables):
+    """The slots of each of `variables` that hold a velocity: the learning
+    rate times an average of gradients, which moves the variable even at
+    rate 0 (Keras's SGD `momentums` and RMSprop `_momentums`, with momentum).
+
+    Returns:
+        A list per variable: its velocity slot, or nothing.
+    """
+    slots = None
+    if _updates_as(optimizer, keras.optimizers.SGD) and optimizer.momentum:
+        slots = optimizer.momentums
+    elif _updates_as(optimizer, keras.optimizers.RMSprop) and optimizer.momentum:
+        slots = optimizer._momentums
+    if not slots:
+        return [[] for _ in variables]
+    return [[slots[optimizer._get_variable_index(v)]] for v in variables]
 
 
 def _updates_as(optimizer, cls):

@@ -46,9 +46,11 @@ class LRMultiplier(keras.optimizers.Optimizer):
     dropped as if it were not trainable), unless `keep_frozen_state=True`.
     A variable set to 0 later stops moving from the next step on, as a
     PyTorch parameter group with `lr=0` does, and its state goes on as at rate
-    0 (Adam's moments keep tracking the gradients; SGD's momentum decays but
-    does not move it). Where a rate of 0 is not well defined (Ftrl) or not
-    checked (other optimizers), its state is held instead.
+    0 (Adam's moments keep tracking the gradients), except a velocity (SGD's
+    and RMSprop's momentum, which holds the rate and would still move it):
+    that is cleared as the pause begins. Where a rate of 0 is not well
+    defined (Ftrl) or not checked (other optimizers), its state is held
+    instead.
 
     Rule keys may be a `keras.Variable`, a layer or nested model (all its
     variables, however deep), a string (an exact `variable.path`, else a
@@ -242,13 +244,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # variable's writes are guarded there. Anything else is restored.
         self._guarded = (not self._is_torch
                          and _keras_compat.writes_through_assign(inner))
-        # The writes held while a variable is paused (see `pause_form`).
+        # The writes held while a variable is paused (see `pause_form`), and
+        # the velocities cleared when a pause begins.
         self._pause_form = _keras_compat.pause_form(inner)
-        self._pause_keys = []
-        for v, slots in zip(active, self._slots):
-            held = {"rate": [], "pin": [v], "hold": [v] + slots}[self._pause_form]
-            self._pause_keys.append(
-                frozenset(_keras_compat.var_key(inner, t) for t in held))
+        self._pause_keys = [
+            frozenset(_keras_compat.var_key(inner, t) for t in [v] + slots)
+            if self._pause_form == "hold" else frozenset()
+            for v, slots in zip(active, self._slots)
+        ]
+        self._velocities = _keras_compat.velocity_slots(inner, active)
         form = _keras_compat.rate_form(inner)
         # TensorFlow runs op by op (no XLA on CPU by default), where lr * m
         # is the fewest ops; XLA (JAX) fuses the step form into the update.
@@ -358,8 +362,9 @@ class LRMultiplier(keras.optimizers.Optimizer):
             return lr[index], decay[index]
         if self._step_values is None:
             lr = ops.convert_to_tensor(self._lr_multipliers)
-            self._step_values = (ops.unstack(lr), ops.unstack(ops.equal(lr, 0.0)),
-                                 ops.unstack(ops.cast(ops.not_equal(lr, 0.0), "float32")))
+            paused = (ops.unstack(ops.equal(lr, 0.0))
+                      if self._pause_form == "hold" else None)
+            self._step_values = (ops.unstack(lr), paused)
         return self._step_values[0][index], None
 
     def _host_multipliers(self):
@@ -381,24 +386,20 @@ class LRMultiplier(keras.optimizers.Optimizer):
             if m != 0 or self._pause_form == "rate":
                 self._decay_and_update(update_step, gradient, variable,
                                        learning_rate, index, m, d)
-            elif self._pause_form == "pin":
-                pinned = ops.copy(variable.value)
-                self._decay_and_update(update_step, gradient, variable,
-                                       learning_rate, index, m, d)
-                variable.assign(pinned)
             return
         # Inside a compiled step m is a tensor, and m = 0 must pause the
-        # variable. At rate 0 Adam and its kin leave it exactly where it is;
-        # for the others (`pause_form`), the writes to the variable, and to
-        # its slots where rate 0 is not well defined (Ftrl divides by it),
-        # keep their old values wherever m is 0 (`_guard_write`).
-        paused, running = self._step_values[1][index], self._step_values[2][index]
+        # variable. At rate 0 Keras's SGD, Adam and their kin leave it exactly
+        # where it is; for the others (`pause_form`), the writes to the
+        # variable and its slots (rate 0 is not well defined for Ftrl, which
+        # divides by it) keep their old values wherever m is 0
+        # (`_guard_write`).
+        paused = None if self._step_values[1] is None else self._step_values[1][index]
         if not self._guarded:
             return self._update_and_restore(update_step, gradient, variable,
                                             learning_rate, index, m, d, paused)
         step = self._step_form and variable.dtype in _FULL_PRECISION
         keys = self._pause_keys[index]
-        with self._pausing(paused, running, keys) if keys else contextlib.nullcontext():
+        with self._pausing(paused, keys) if keys else contextlib.nullcontext():
             self._decay_and_update(update_step, gradient, variable, learning_rate,
                                    index, m, d, step)
 
@@ -455,10 +456,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         return cached[1][index], None if wd is None else cached[2][index]
 
     @contextlib.contextmanager
-    def _pausing(self, paused, running, keys):
+    def _pausing(self, paused, keys):
         """Guards the wrapped optimizer's writes to `keys` by `paused` (a
-        boolean scalar) or `running` (the same as a float, 0 or 1)."""
-        self._pause = (paused, running, keys)
+        boolean scalar)."""
+        self._pause = (paused, keys)
         try:
             yield
         finally:
@@ -468,29 +469,23 @@ class LRMultiplier(keras.optimizers.Optimizer):
         """The value the wrapped optimizer writes into `target`: unchanged,
         or the target's current value where the variable it serves is paused.
 
-        Costs one op per guarded write (fused into the update on XLA): an
-        increment is multiplied by 0 or 1 where the update at rate 0 is finite
-        (`"pin"`; TensorFlow runs op by op, and a multiply costs less than a
-        select there), anything else goes through `where`.
+        Costs one `where` per guarded write (fused into the update on XLA).
         """
         pause = self._pause
         if pause is None or _keras_compat.var_key(
-                self.inner_optimizer, target) not in pause[2]:
+                self.inner_optimizer, target) not in pause[1]:
             return value
-        paused, running, _ = pause
-        value = _read(value)  # RMSprop subtracts its momentum variable
+        paused = pause[0]
+        value = _read(value)  # an optimizer may write a variable of its own
         sparse = _is_indexed_slices(value)
         values = value.values if sparse else value
-        if kind != "assign" and self._pause_form == "pin":
-            values = values * ops.cast(running, values.dtype)
+        if kind != "assign":
+            keep = 0  # add or subtract nothing
+        elif sparse:
+            keep = ops.take(_read(target), value.indices, axis=0)
         else:
-            if kind != "assign":
-                keep = 0  # add or subtract nothing
-            elif sparse:
-                keep = ops.take(_read(target), value.indices, axis=0)
-            else:
-                keep = _read(target)
-            values = ops.where(paused, keep, values)
+            keep = _read(target)
+        values = ops.where(paused, keep, values)
         return type(value)(values, value.indices, value.dense_shape) if sparse else values
 
     def _update_and_restore(self, update_step, gradient, variable,
@@ -534,11 +529,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 for t, value in zip(keep, saved):
                     t.value.copy_(value)
             return
-        pinned = [t.clone() for t in plan.pinned_values]
         self._torch_update(parallel_update_step, plan, grads, variables,
                            learning_rate)
-        for t, value in zip(plan.pinned_values, pinned):
-            t.copy_(value)
 
     def _torch_update(self, parallel_update_step, plan, grads, variables,
                       learning_rate):
@@ -595,8 +587,6 @@ class LRMultiplier(keras.optimizers.Optimizer):
             j = self._active_index[_keras_compat.var_key(inner, v)]
             if lr[j] == 0 and self._pause_form == "hold":
                 continue  # paused: no update, no decay, state held
-            if lr[j] == 0 and self._pause_form == "pin":
-                plan.pinned.append(p)  # runs at rate 0, then put back
             plan.running.append(p)
             plan.multipliers.append(lr[j])
             groups.setdefault(lr[j], []).append(p)
@@ -631,7 +621,6 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # The torch tensors behind the variables (reading `.value` costs more
         # than the update of a small tensor).
         plan.moved_values = [variables[p].value for p in plan.moved]
-        plan.pinned_values = [variables[p].value for p in plan.pinned]
         plan.decayed_values = [variables[p].value for p in plan.decayed]
         if plan.decayed:
             plan.decay_coefficients = torch.tensor(
@@ -733,8 +722,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
             except Exception:
                 self._lr_rules, self._decay_rules = old
                 raise
+            before = self._lr_values
             self._lr_values, self._decay_values = lr_values, decay_values
             self._write_vectors()
+            self._clear_velocities(before)
         self._lr_rules, self._decay_rules = lr_rules, decay_rules
 
     # Saving.
@@ -760,6 +751,17 @@ class LRMultiplier(keras.optimizers.Optimizer):
             if np.float32(self._decay_values[i]) != decay[j]:
                 self._decay_values[i] = float(decay[j])
         self._version += 1
+        self._clear_velocities()  # (files saved by earlier versions may hold some)
+
+    def _clear_velocities(self, before=None):
+        """Zeroes the velocity (`_keras_compat.velocity_slots`) of every
+        variable whose pause begins: whose multiplier is 0 now and was not in
+        `before` (the previous values; None: every paused variable). At rate
+        0 the velocity then stays 0 and the variable stays where it is."""
+        for j, i in enumerate(self._active_positions):
+            if self._lr_values[i] == 0 and (before is None or before[i] != 0):
+                for slot in self._velocities[j]:
+                    slot.assign(ops.zeros(slot.shape, slot.dtype))
 
     def get_config(self):
         lr_rules, decay_rules, saved = self._lr_rules, self._decay_rules, None
@@ -821,7 +823,6 @@ class _TorchPlan:
         self.moved, self.moved_multipliers, self.moved_values = [], [], []
         self.decayed, self.decay_coefficients, self.decayed_values = [], None, []
         self.groups, self.single, self.form = [], None, None
-        self.pinned, self.pinned_values = [], []
         self.update, self.rates = None, None
         self.rate_scalars, self.decay_scalars = _Scalars(), _Scalars()
 

@@ -58,6 +58,12 @@ SUBCLASSED = {
 }
 
 
+# The slot lists that hold a velocity (the rate times averaged gradients).
+VELOCITY = {"sgd_momentum": "momentums", "sgd_momentum_nesterov": "momentums",
+            "subclassed_sgd_momentum": "momentums",
+            "rmsprop_centered_momentum": "_momentums"}
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS) + sorted(SUBCLASSED))
 def test_setting_zero_later_stops_the_variable_from_the_next_step(name):
     make = OPTIMIZERS.get(name) or SUBCLASSED[name]
@@ -78,19 +84,44 @@ def test_setting_zero_later_stops_the_variable_from_the_next_step(name):
             np.testing.assert_array_equal(to_numpy(slot), value)
         return
     # Otherwise the state moves as the variable's own copy of the optimizer
-    # would at rate 0 (Adam's moments keep tracking the gradients, SGD's
-    # momentum decays), while the variable itself stays put.
+    # would at rate 0 (Adam's moments keep tracking the gradients), but a
+    # velocity (SGD's and RMSprop's momentum, which holds the rate) is
+    # cleared as the pause begins, and stays 0: the variable stays put.
     ref = _variables(SHAPES)[0]
     copy = make(0.005, weight_decay=0.1)
     copy.build([ref])
     for step in grads:
         if step is grads[2]:
             copy.learning_rate = 0.0
+            for velocity in getattr(copy, VELOCITY.get(name, ""), []):
+                velocity.assign(keras.ops.zeros(velocity.shape, velocity.dtype))
         copy.apply([keras.ops.convert_to_tensor(step[0])], [ref])
     ref_slots = _keras_compat.per_variable_slots(copy, [ref])[0]
     assert len(slots) == len(ref_slots)  # plain SGD has none
     for slot, expected in zip(slots, ref_slots):
         assert_close(slot, expected, what=slot.path)
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "rmsprop_centered_momentum"])
+def test_a_paused_velocity_restored_from_weights_is_cleared(name):
+    """A state saved with a paused variable's velocity non-zero (earlier
+    versions let it decay) would make it coast: loading clears it."""
+    make = OPTIMIZERS[name]
+    variables = _variables(SHAPES)
+    opt = difflr.LRMultiplier(make(0.01), [(variables[0], 0.0)], keep_frozen_state=True)
+    grads = _gradients(2, SHAPES)
+    _apply(opt, variables, grads[:1])
+    velocity = getattr(opt.inner_optimizer, VELOCITY[name])[0]
+    store = {}
+    opt.save_own_variables(store)
+    for i, v in enumerate(opt.variables):
+        if v is velocity:
+            store[str(i)] = np.ones(v.shape, "float32")
+    opt.load_own_variables(store)
+    np.testing.assert_array_equal(to_numpy(velocity), np.zeros(SHAPES[0]))
+    start = to_numpy(variables[0]).copy()
+    _apply(opt, variables, grads[1:])
+    np.testing.assert_array_equal(to_numpy(variables[0]), start)
 
 
 def test_unfreezing_a_variable_without_state_raises_and_says_how():

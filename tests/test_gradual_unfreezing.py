@@ -46,7 +46,7 @@ class Recorder(keras.callbacks.Callback):
 def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
     """Keras SGD (momentum, decoupled decay) on `mlp` by hand, batches of 8
     in order. `rates[t][j]` is the learning rate of group j at step t, 0 for
-    paused (no update, no decay; the velocity decays as at rate 0). Returns
+    paused (no update, no decay, no velocity: it is cleared). Returns
     the parameters after every step."""
     params = [p.astype("float64") for p in params]
     velocity = [np.zeros_like(p) for p in params]
@@ -66,7 +66,7 @@ def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
         for i, g in enumerate(grads):
             rate = step_rates[i // 2]
             if rate == 0:
-                velocity[i] = momentum * velocity[i]
+                velocity[i] = np.zeros_like(velocity[i])
                 continue
             params[i] = params[i] - params[i] * wd * rate
             velocity[i] = momentum * velocity[i] - rate * g
