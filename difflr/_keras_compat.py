@@ -27,7 +27,9 @@ The private names, and why each is unavoidable:
   `update_step`).
 - the optimizer's slot lists (`_momentums`, `_velocities`, Adafactor's `_r`,
   ...): found by shape, to pause a variable whose multiplier is 0 and to tell
-  per-variable slots from per-step global state (Nadam's `u_product`).
+  per-variable slots from per-step global state (Nadam's `u_product`); and
+  by name, SGD's `momentums` and RMSprop's `_momentums`, the velocities
+  cleared when a pause begins (`velocity_slots`).
 - `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out.
 - the update math of Keras's own optimizers (`update_step`, and on torch
