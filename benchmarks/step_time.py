@@ -20,7 +20,7 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 7, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
+    "full": {"rounds": 11, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
              "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8, "mlp_steps": 40,
              "cnn_batch": 16, "cnn_steps": 8},
     "quick": {"rounds": 2, "optimizers": ["Adam"], "multipliers": 25,
