@@ -26,6 +26,7 @@ import op_counts  # noqa: E402
 import scaling  # noqa: E402
 import set_multipliers  # noqa: E402
 import step_time  # noqa: E402
+import tf_split  # noqa: E402
 import torch_native  # noqa: E402
 
 # In running order: the counts first (they do not depend on the load).
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "step_time": step_time,
     "scaling": scaling,
     "torch_native": torch_native,
+    "tf_split": tf_split,
     "set_multipliers": set_multipliers,
 }
 
@@ -44,8 +46,7 @@ def run(backends, quick):
                "started": time.strftime("%Y-%m-%d %H:%M"), "quick": quick, "runs": {}}
     start = time.time()
     for name, module in BENCHMARKS.items():
-        chosen = ["torch"] if module is torch_native else backends
-        chosen = [b for b in chosen if b in backends]
+        chosen = [b for b in getattr(module, "BACKENDS", backends) if b in backends]
         if not chosen:
             continue
         options = c.options_for(module.DEFAULTS, quick)
@@ -225,6 +226,11 @@ def render(results, image):
         "Counted, not timed: these do not depend on the machine's load. "
         "`python benchmarks/op_counts.py`\n",
         _report("op_counts", results),
+        "\n## TensorFlow: a rate for each variable\n",
+        "The TensorFlow step runs fewer ops than the plain one (above), but not all ops "
+        "cost the same; this is what remains of difflr's overhead there (see *How the "
+        "wrapper keeps each backend's fused path*). `python benchmarks/tf_split.py`\n",
+        _report("tf_split", results),
         HOW,
     ]
     return "\n".join(parts)
@@ -263,9 +269,15 @@ depends on what is cheap on each backend.
   per step, as one vector each, and split into scalars: Keras's own update
   then runs at the variable's rate, with no op added per variable (the plain
   optimizer reads its rate variable once per variable; the split replaces
-  those reads). Only a pause guard (below) costs an op per write, for SGD,
-  RMSprop with momentum and optimizers difflr does not know. (Under
-  `jit_compile=True`, XLA fuses all of it into the update as on JAX.)
+  those reads). Only a pause guard (below) costs an op per write, for
+  optimizers difflr does not know. (Under `jit_compile=True`, XLA fuses all
+  of it into the update as on JAX.) So the step runs fewer ops than the
+  plain one, but not all ops cost the same: a read of a variable shares its
+  buffer, while the split allocates a new scalar for each variable. That
+  costs about 10 us per step for 100 variables (*TensorFlow: a rate for each
+  variable*), about 1% of the optimizer-bound step with SGD, whatever the
+  number of multipliers. It is the cheapest split found: one slice per
+  variable costs three times as much.
 - **torch.** Keras's torch optimizers update all variables with one
   `torch._foreach_*` call per kernel at one scalar rate. `_foreach_*` also
   takes a list of 0-d tensors, one scalar per tensor, where Keras passes one:
@@ -325,11 +337,13 @@ On TensorFlow difflr now runs fewer ops than the plain optimizer (it reads the
 rate once per step, not once per variable): SGD no longer pays a multiply per
 variable to keep a paused variable in place, since its velocity is cleared
 when the pause begins.
-On JAX the two extra kernels are copies of the two multiplier vectors (100
-numbers each), which the compiled step returns unchanged with the rest of the
-optimizer state, as it copies the plain optimizer's learning rate; besides
-them, each fused update reads its multiplier from the vector, and the step
-takes and returns two more arrays. On torch, SGD, Adam and AdamW
+On JAX difflr compiles to the plain optimizer's kernels: each fused update
+reads its multiplier from the vector, and the step takes and returns two more
+arrays (the multiplier vectors), which keep their buffers since Keras donates
+the state to the step. (The JAX rows of this table were counted without that
+donation: each unchanged output is then copied, and the two vectors showed as
+two kernels more than plain. Counted as Keras compiles the step, above, the
+numbers are equal.) On torch, SGD, Adam and AdamW
 make the plain optimizer's calls. The step form's four extra `_foreach_*`
 calls, which the other optimizers keep, each touch every moved tensor, which
 on CPU means one small operation per tensor; for large tensors they are

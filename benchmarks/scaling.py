@@ -17,7 +17,8 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 7, "optimizer": "Adam", "width": 16, "batch": 8, "steps": 25,
+    "full": {"rounds": 7, "optimizer": "Adam", "width": 16, "batch": 8,
+             "steps": {"jax": 200, "tensorflow": 80, "torch": 25},
              "layers": 100, "counts": [1, 5, 25, 100, 200],
              "variable_layers": [10, 50], "variable_count": 25,
              "multi_counts": [1, 5, 25]},
@@ -41,7 +42,7 @@ def plan(options):
 
 def measure(options):
     name, width, batch = options["optimizer"], options["width"], options["batch"]
-    x, y = c.mlp_data(batch * options["steps"], width)
+    x, y = c.mlp_data(batch * c.for_backend(options["steps"]), width)
     results = {}
     for layers, counts in plan(options).items():
         timers = {}
@@ -74,7 +75,7 @@ def report(results, options):
     lines = [f"**Distinct multipliers** ({layers} Dense({options['width']}) layers = "
              f"{2 * layers} variables, batch {options['batch']}, {options['optimizer']}; "
              "step time relative to the plain optimizer, median of "
-             f"{options['rounds']} alternating rounds)\n"]
+             f"{options['rounds']} alternating rounds of {c.fmt_steps(options['steps'])})\n"]
     header = "| backend | plain ms/step | " + " | ".join(
         f"difflr @{k}" for k in options["counts"]) + " | " + " | ".join(
         f"MultiOptimizer @{k}" for k in options["counts"] if k in options["multi_counts"]

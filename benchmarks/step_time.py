@@ -21,14 +21,16 @@ import _common as c
 
 DEFAULTS = {
     "full": {"rounds": 11, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
-             "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8, "mlp_steps": 40,
-             "cnn_batch": 16, "cnn_steps": 8},
+             "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8,
+             "mlp_steps": {"jax": 400, "tensorflow": 200, "torch": 40},
+             "cnn_batch": 16, "cnn_steps": 24},
     "quick": {"rounds": 2, "optimizers": ["Adam"], "multipliers": 25,
               "mlp_layers": 10, "mlp_width": 16, "mlp_batch": 8, "mlp_steps": 5,
               "cnn_batch": 8, "cnn_steps": 2},
 }
 
 MODELS = ("optimizer-bound", "compute-bound")
+STEPS_OPTION = {"optimizer-bound": "mlp_steps", "compute-bound": "cnn_steps"}
 
 
 def describe(options):
@@ -41,10 +43,10 @@ def describe(options):
 
 def _setup(kind, options):
     if kind == "optimizer-bound":
-        batch, steps = options["mlp_batch"], options["mlp_steps"]
+        batch, steps = options["mlp_batch"], c.for_backend(options["mlp_steps"])
         x, y = c.mlp_data(batch * steps, options["mlp_width"])
         return (lambda: c.mlp(options["mlp_layers"], options["mlp_width"])), "mse", x, y, batch
-    batch, steps = options["cnn_batch"], options["cnn_steps"]
+    batch, steps = options["cnn_batch"], c.for_backend(options["cnn_steps"])
     x, y = c.cnn_data(batch * steps)
     return c.cnn, "sparse_categorical_crossentropy", x, y, batch
 
@@ -78,7 +80,8 @@ def report(results, options):
         first = some[f"{kind}/{options['optimizers'][0]}"]
         lines.append(f"**{kind}** ({described[kind]}; {first['variables']} variables, "
                      f"{first['multipliers']} distinct multipliers; median of "
-                     f"{options['rounds']} alternating rounds)\n")
+                     f"{options['rounds']} alternating rounds of "
+                     f"{c.fmt_steps(options[STEPS_OPTION[kind]])})\n")
         lines.append("| optimizer | backend | plain ms/step | difflr ms/step | difflr / plain "
                      "| MultiOptimizer ms/step | MultiOptimizer / plain | plain A/A |")
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|")

@@ -16,6 +16,8 @@ import time
 
 import _common as c
 
+BACKENDS = ("torch",)  # the only backend this benchmark means anything on
+
 DEFAULTS = {
     "full": {"rounds": 7, "reps": 20, "groups": 25, "lr": 1e-3, "weight_decay": 0.01,
              "shapes": {"small": [50, 16], "wide": [50, 256]}},
@@ -118,4 +120,5 @@ def report(results, options):
 
 
 if __name__ == "__main__":
-    sys.exit(c.main(__file__, measure, report, DEFAULTS, __doc__.splitlines()[0]))
+    sys.exit(c.main(__file__, measure, report, DEFAULTS, __doc__.splitlines()[0],
+                    BACKENDS))
