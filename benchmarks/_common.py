@@ -95,26 +95,51 @@ def for_backend(value):
 
 
 def alternate(variants, rounds):
-    """Times `variants` (name -> callable returning seconds per step) in
-    alternation: after one unrecorded round, every round runs each variant
-    once, in an order that rotates from round to round, so that load drifting
-    over time hits all alike. Returns {name: [ms per step, one per round]}."""
-    names = list(variants)
-    times = {name: [] for name in names}
-    for name in names:  # one unrecorded round: first runs are slow on some backends
-        variants[name]()
+    """Times `variants` in alternation: after one unrecorded round, every
+    round runs each variant once, in an order that rotates from round to
+    round, so that load drifting over time hits all alike.
+
+    A variant is a callable returning seconds per step, or a list of such
+    callables, copies of one variant (`build_mirrored`), each run once per
+    round: its time in that round is the geometric mean of the copies'.
+    Returns {name: [ms per step, one per round]}.
+    """
+    copies = {name: run if isinstance(run, list) else [run]
+              for name, run in variants.items()}
+    order = [(name, k) for name, runs in copies.items() for k in range(len(runs))]
+    for name, k in order:  # one unrecorded round: first runs are slow on some backends
+        copies[name][k]()
+    times = {name: [] for name in copies}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(variants[name]() * 1e3)
+        this_round = {name: [] for name in copies}
+        for name, k in order[r % len(order):] + order[:r % len(order)]:
+            this_round[name].append(copies[name][k]() * 1e3)
+        for name, values in this_round.items():
+            times[name].append(math.prod(values) ** (1 / len(values)))
     return times
 
 
-# A second copy of the plain optimizer, built after every other variant. Of
-# two identical models, the one built later runs measurably slower on some
-# backends (4-5% on JAX here, for the same compiled step), so a baseline built
-# first flatters it. The ratios are taken against both copies together, and
-# the second copy's ratio to the first shows the noise floor ("A/A").
-AGAIN = "plain, built last"
+def build_mirrored(names, build):
+    """{name: [built, built]}: `build(name)` twice for every name, in the
+    order given and then in reverse (A B C, then C B A).
+
+    Of identical models, the one whose `fit` compiled later runs slower on
+    JAX: five plain copies here ran 0, +4, +5, +7 and +6% against the first,
+    and compiling them in the reverse order reversed it. A variant built
+    later would pay that as overhead. Mirrored, the two copies of every
+    variant sit at the same mean position, and `alternate` times them both.
+    """
+    built = {name: [] for name in names}
+    for name in list(names) + list(reversed(names)):
+        built[name].append(build(name))
+    return built
+
+
+# A second plain variant, built like the others (`build_mirrored`): its ratio
+# to the first shows how far two identical optimizers drift apart at the
+# same number of rounds, the noise floor ("A/A"). The ratios of the other
+# variants are taken against both plain variants together.
+AGAIN = "plain, again"
 
 
 def summarize(times, baseline="plain"):
@@ -122,9 +147,9 @@ def summarize(times, baseline="plain"):
     ratio to the baseline in the same round (paired, so slow spells of the
     machine cancel out).
 
-    With a second baseline copy (`AGAIN`) among `times`, the baseline of a
-    round is the geometric mean of both copies' times, and `AGAIN`'s own
-    ratio is to the first copy: the A/A ratio, which measures no change.
+    With a second plain variant (`AGAIN`) among `times`, the baseline of a
+    round is the geometric mean of both plain variants' times, and `AGAIN`'s
+    own ratio is to the first: the A/A ratio, which measures no change.
     """
     base = times[baseline]
     if baseline == "plain" and AGAIN in times:

@@ -1,7 +1,7 @@
 """Runs every benchmark on every backend and regenerates docs/performance.md,
 docs/img/overhead_vs_multipliers.png and docs/performance.json.
 
-    python benchmarks/run_all.py                  # the full run (~15-20 min on 2 cores)
+    python benchmarks/run_all.py                  # the full run (~20 min on 2 cores)
     python benchmarks/run_all.py --quick --out /tmp/perf   # check the scripts
     python benchmarks/run_all.py --render docs/performance.json  # only the report
 
@@ -202,11 +202,15 @@ def render(results, image):
         "The clock runs inside `fit`'s loop, from the start of batch 2 to the end of "
         "training: what `fit` costs once per call (the dataset, its iterator) is the same "
         "for every variant and would dilute the ratios toward 1 (on TensorFlow it is about "
-        "a third of a 40-step epoch). Of two identical models, the one built later can run a few percent slower (4-5% "
-        "on JAX here, for the same compiled step), and the plain baseline used to be built "
-        "first. So there are two copies of it, built first and last; the plain time of a "
-        "round is the geometric mean of both, and the **plain A/A** column (the second copy "
-        "against the first, which measures no change at all) shows the noise floor. "
+        "a third of a 40-step epoch). Step counts differ by backend, so that one timed "
+        "`fit` lasts 0.2 to 0.3 s everywhere. Of identical models, the one whose `fit` "
+        "compiled later runs slower on JAX (five plain copies: 0, +4, +5, +7, +6% against "
+        "the first; compiled in the reverse order, the drift reversed), which would charge "
+        "a variant for its place in the build order. So every variant is built twice, in "
+        "mirrored order (A B C, then C B A), and a round's time is the geometric mean of "
+        "its two copies'. The plain optimizer is there twice as two variants: the plain "
+        "time of a round is the geometric mean of both, and the **plain A/A** column (the "
+        "second against the first, which measures no change at all) shows the noise floor. "
         "`python benchmarks/step_time.py`\n",
         _report("step_time", results),
         "\n## Scaling with the number of multipliers and of variables\n",

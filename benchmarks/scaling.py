@@ -4,9 +4,10 @@ the number of variables.
 On the optimizer-bound model (Dense(16) layers, batch 8, Adam): with 100
 layers (200 variables), the variables dealt out over 1, 5, 25, 100 and 200
 (one per variable) distinct multipliers; and at 25 multipliers, models of 10,
-50 and 100 layers. Each model size has its own plain baseline (two copies,
-built first and last: `_common.AGAIN`), alternated with its variants round by
-round; ratios are medians of per-round ratios.
+50 and 100 layers. Each model size has its own plain baseline (two plain
+variants: `_common.AGAIN`); every variant is built twice, in mirrored order
+(`_common.build_mirrored`), and alternated with the others round by round;
+ratios are medians of per-round ratios.
 
     python benchmarks/scaling.py
     python benchmarks/scaling.py --backends torch --set rounds=3
@@ -17,7 +18,7 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 7, "optimizer": "Adam", "width": 16, "batch": 8,
+    "full": {"rounds": 5, "optimizer": "Adam", "width": 16, "batch": 8,
              "steps": {"jax": 200, "tensorflow": 80, "torch": 25},
              "layers": 100, "counts": [1, 5, 25, 100, 200],
              "variable_layers": [10, 50], "variable_count": 25,
@@ -45,19 +46,22 @@ def measure(options):
     x, y = c.mlp_data(batch * c.for_backend(options["steps"]), width)
     results = {}
     for layers, counts in plan(options).items():
-        timers = {}
         variants = [("plain", 0)] + [("difflr", k) for k in counts]
         if c.has_multi_optimizer():
             variants += [("MultiOptimizer", k) for k in counts
                          if k in options["multi_counts"]]
         variants.append((c.AGAIN, 0))
-        for variant, count in variants:
+        counts_of = {(v if v in ("plain", c.AGAIN) else f"{v}@{k}"): (v, k)
+                     for v, k in variants}
+
+        def timer(label):
+            variant, count = counts_of[label]
             model = c.mlp(layers, width)
             model.compile(optimizer=c.optimizer_for(variant, name, model, count), loss="mse")
             model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=2, verbose=0)
-            plain = variant in ("plain", c.AGAIN)
-            timers[variant if plain else f"{variant}@{count}"] = (
-                c.fit_timer(model, x, y, batch))
+            return c.fit_timer(model, x, y, batch)
+
+        timers = c.build_mirrored(list(counts_of), timer)
         results[str(layers)] = {"variables": 2 * layers,
                                 "variants": c.summarize(c.alternate(timers, options["rounds"]))}
     return results

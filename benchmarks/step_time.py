@@ -5,11 +5,12 @@ Two models: an optimizer-bound one (many small Dense layers, a small batch),
 where the optimizer's per-variable work dominates the step, and a
 compute-bound one (a small CNN). Adam, AdamW (weight decay 0.01) and SGD
 (momentum 0.9); the model's variables are dealt out over 25 distinct
-multipliers (the CNN has fewer variables: one multiplier each). The variants
-alternate round by round in one process per backend; the table reports the
-median time per step and the median of the per-round ratios to the plain
-optimizer, measured on two copies built first and last (`_common.AGAIN`; the
-"plain A/A" column is the second copy against the first: the noise floor).
+multipliers (the CNN has fewer variables: one multiplier each). Every
+variant is built twice, in mirrored order (`_common.build_mirrored`), and
+the variants alternate round by round in one process per backend; the table
+reports the median time per step and the median of the per-round ratios to
+the plain optimizer, measured as two variants (`_common.AGAIN`; the "plain
+A/A" column is the second against the first: the noise floor).
 
     python benchmarks/step_time.py                    # all three backends
     python benchmarks/step_time.py --backends jax --set rounds=3
@@ -20,7 +21,7 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 11, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
+    "full": {"rounds": 7, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
              "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8,
              "mlp_steps": {"jax": 400, "tensorflow": 200, "torch": 40},
              "cnn_batch": 16, "cnn_steps": 24},
@@ -56,19 +57,24 @@ def measure(options):
     for kind in MODELS:
         build, loss, x, y, batch = _setup(kind, options)
         for name in options["optimizers"]:
-            timers, distinct = {}, None
-            for variant in c.variants_available():
+            models = []
+
+            def timer(variant):
                 model = build()
                 model.compile(optimizer=c.optimizer_for(variant, name, model,
                                                         options["multipliers"]),
                               loss=loss)
                 model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=2,
                           verbose=0)  # build and compile
-                distinct = min(options["multipliers"], len(model.trainable_variables))
-                timers[variant] = c.fit_timer(model, x, y, batch)
+                models.append(model)
+                return c.fit_timer(model, x, y, batch)
+
+            timers = c.build_mirrored(c.variants_available(), timer)
             summary = c.summarize(c.alternate(timers, options["rounds"]))
-            results[f"{kind}/{name}"] = {"variants": summary, "multipliers": distinct,
-                                         "variables": len(model.trainable_variables)}
+            variables = len(models[0].trainable_variables)
+            results[f"{kind}/{name}"] = {
+                "variants": summary, "variables": variables,
+                "multipliers": min(options["multipliers"], variables)}
     return results
 
 
