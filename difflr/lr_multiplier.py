@@ -125,8 +125,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._host_cache = None
         self._group_cache = None
         self._pause = None
-        self._step_values = None
-        self._step_rates = None
+        self._step = None
         self._model_ref = None
         _UNBUILT.add(self)
 
@@ -137,7 +136,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
     # TensorFlow), so they are set around it.
     _UNTRACKED = frozenset({
         "_lr_rules", "_decay_rules", "_lr_values", "_decay_values",
-        "_host_cache", "_group_cache", "_step_values", "_step_rates", "_pause",
+        "_host_cache", "_group_cache", "_step", "_pause",
     })
 
     def __setattr__(self, name, value):
@@ -339,33 +338,20 @@ class LRMultiplier(keras.optimizers.Optimizer):
             grads = [g for g, _ in pairs]
             trainable_variables = [v for _, v in pairs]
         if grads:
-            self._step_values = self._step_rates = None
+            self._step = None
             try:
                 inner.apply(grads, trainable_variables)
             finally:
-                # tensors of this trace only
-                self._step_values = self._step_rates = None
+                self._step = None  # tensors of this trace only
 
-    def _multipliers(self, index):
-        """(lr multiplier, decay multiplier) of the active variable `index`.
-
-        On TensorFlow and JAX the multipliers are read from optimizer
-        variables inside the compiled step, so that `set_multipliers` needs no
-        retracing: once per step, split into one scalar per variable
-        (TensorFlow runs op by op, and one read per variable would be ops per
-        variable); the decay multiplier is then None, as `_rates` reads it.
-        The torch backend runs eagerly: it uses host floats, re-read only when
-        the multipliers change.
-        """
-        if self._is_torch:
-            lr, decay = self._host_multipliers()
-            return lr[index], decay[index]
-        if self._step_values is None:
-            lr = ops.convert_to_tensor(self._lr_multipliers)
-            paused = (ops.unstack(ops.equal(lr, 0.0))
-                      if self._pause_form == "hold" else None)
-            self._step_values = (ops.unstack(lr), paused)
-        return self._step_values[0][index], None
+    def _compiled_step(self, learning_rate):
+        """This compiled step's per-variable tensors (TensorFlow, JAX): a
+        `_CompiledStep`, computed at the first variable's update and shared
+        by the others."""
+        step = self._step
+        if step is None or step.learning_rate is not learning_rate:
+            step = self._step = _CompiledStep(self, learning_rate)
+        return step
 
     def _host_multipliers(self):
         if self._host_cache is None or self._host_cache[0] != self._version:
@@ -379,13 +365,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
         index = self._active_index.get(_keras_compat.var_key(inner, variable))
         if index is None:
             return update_step(gradient, variable, learning_rate)
-        m, d = self._multipliers(index)
         if self._is_torch:
-            # Eager: m is a float. A paused variable (m = 0) does not move;
-            # its state moves as at rate 0, or is held (`pause_form`).
+            # Eager, with host floats, re-read only when the multipliers
+            # change. A paused variable (m = 0) does not move; its state
+            # moves as at rate 0, or is held (`pause_form`).
+            lr, decay = self._host_multipliers()
+            m = lr[index]
             if m != 0 or self._pause_form == "rate":
                 self._decay_and_update(update_step, gradient, variable,
-                                       learning_rate, index, m, d)
+                                       learning_rate, index, m, decay[index])
             return
         # Inside a compiled step m is a tensor, and m = 0 must pause the
         # variable. At rate 0 Keras's SGD, Adam and their kin leave it exactly
@@ -393,7 +381,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # variable and its slots (rate 0 is not well defined for Ftrl, which
         # divides by it) keep their old values wherever m is 0
         # (`_guard_write`).
-        paused = None if self._step_values[1] is None else self._step_values[1][index]
+        tensors = self._compiled_step(learning_rate)
+        m = None if tensors.multipliers is None else tensors.multipliers[index]
+        paused = None if tensors.paused is None else tensors.paused[index]
+        d = None  # read by `_rates` from the step's tensors
         if not self._guarded:
             return self._update_and_restore(update_step, gradient, variable,
                                             learning_rate, index, m, d, paused)
@@ -435,25 +426,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
         """The variable's rate `lr * m` and its decay coefficient
         `lr * m * d * weight_decay` (None without weight decay).
 
-        Inside a compiled step, both are computed for all variables at once and
-        split (TensorFlow runs op by op, and a product per variable would be
-        ops per variable).
+        Host floats on torch; inside a compiled step, the variable's share of
+        `_CompiledStep`.
         """
         wd = self._weight_decay[index]
         if self._is_torch:
             lr = learning_rate * m
             return lr, None if wd is None else lr * d * wd
-        cached = self._step_rates
-        if cached is None or cached[0] is not learning_rate:
-            rates = ops.multiply(learning_rate, ops.convert_to_tensor(self._lr_multipliers))
-            decays = None
-            if any(w is not None for w in self._weight_decay):
-                weight_decay = np.array([0.0 if w is None else w
-                                         for w in self._weight_decay], "float32")
-                decays = ops.unstack(rates * ops.convert_to_tensor(
-                    self._decay_multipliers) * weight_decay)
-            cached = self._step_rates = (learning_rate, ops.unstack(rates), decays)
-        return cached[1][index], None if wd is None else cached[2][index]
+        tensors = self._compiled_step(learning_rate)
+        return tensors.rates[index], None if wd is None else tensors.decays[index]
 
     @contextlib.contextmanager
     def _pausing(self, paused, keys):
@@ -845,6 +826,40 @@ class _Scalars:
         else:
             buffer.copy_(vector)
         return self._views
+
+
+class _CompiledStep:
+    """What a compiled step (TensorFlow, JAX) computes once for all
+    variables, each split into one scalar per variable.
+
+    The multipliers are read from optimizer variables inside the step, so
+    that `set_multipliers` needs no retracing; once per step, because
+    TensorFlow runs op by op (no XLA on CPU by default), and a read or a
+    product per variable would be ops per variable. Each list holds one
+    entry per active variable:
+
+    - `rates`: `lr * m`, the rate each variable's update runs at;
+    - `decays`: `lr * m * d * weight_decay` (None without weight decay);
+    - `multipliers`: `m` itself, for the step form (JAX's Adam and its
+      kin), else None;
+    - `paused`: whether `m == 0`, where a pause holds the optimizer's
+      writes (`pause_form` "hold"), else None.
+    """
+
+    def __init__(self, opt, learning_rate):
+        m = ops.convert_to_tensor(opt._lr_multipliers)
+        rates = ops.multiply(learning_rate, m)
+        self.learning_rate = learning_rate
+        self.rates = ops.unstack(rates)
+        self.decays = None
+        if any(w is not None for w in opt._weight_decay):
+            weight_decay = np.array([0.0 if w is None else w for w in opt._weight_decay],
+                                    "float32")
+            self.decays = ops.unstack(
+                rates * ops.convert_to_tensor(opt._decay_multipliers) * weight_decay)
+        self.multipliers = ops.unstack(m) if opt._step_form else None
+        self.paused = (ops.unstack(ops.equal(m, 0.0))
+                       if opt._pause_form == "hold" else None)
 
 
 def _is_indexed_slices(value):
