@@ -76,7 +76,26 @@ def change_multipliers(optimizer, model):
         optimizer.set_multipliers({model.get_layer("body"): 0.5})
 
 
-def fit(model, epochs, initial_epoch=0):
+def make_paused_sgd(model):
+    """SGD with momentum, whose velocity holds the rate: the pause scenario
+    (`pause_body`) must clear the body's velocity on every replica or shard,
+    or the body would coast on."""
+    import keras
+
+    import difflr
+
+    return difflr.LRMultiplier(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        {model.get_layer("stem"): 0.0, model.get_layer("body"): 0.1,
+         model.get_layer("head"): 2.0})
+
+
+def pause_body(optimizer, model):
+    """The change of the pause scenario: the body stops where it is."""
+    optimizer.set_multipliers({model.get_layer("body"): 0.0})
+
+
+def fit(model, epochs, initial_epoch=0, change=change_multipliers):
     """Plain `model.fit` over the global batches, changing multipliers once."""
     import keras
 
@@ -84,7 +103,7 @@ def fit(model, epochs, initial_epoch=0):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == CHANGE_AT_EPOCH:
                 model = self.model  # on JAX this syncs the training state
-                change_multipliers(model.optimizer, model)
+                change(model.optimizer, model)
 
     x, y = data()
     model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=epochs,
@@ -205,10 +224,20 @@ def run_jax(out_dir):
         fit(model, EPOCHS, initial_epoch=SAVE_AFTER_EPOCHS)
         save_weights(os.path.join(out_dir, "jax_model_parallel_loaded.npz"), model)
 
+    def paused_sgd_model_parallel():
+        keras.distribution.set_distribution(_model_parallel())
+        model = build_model()
+        model.compile(optimizer=make_paused_sgd(model), loss="mse")
+        fit(model, CHANGE_AT_EPOCH)
+        save_weights(os.path.join(out_dir, "jax_paused_sgd_at_pause.npz"), model)
+        fit(model, EPOCHS, initial_epoch=CHANGE_AT_EPOCH, change=pause_body)
+        save_weights(os.path.join(out_dir, "jax_paused_sgd.npz"), model)
+
     _run_scenarios(out_dir, "jax", [
         ("data_parallel", data_parallel),
         ("model_parallel", model_parallel),
         ("load_under_model_parallel", load_under_model_parallel),
+        ("paused_sgd_model_parallel", paused_sgd_model_parallel),
     ])
     _write_json(out_dir, "jax_layouts.json", layouts)
 
@@ -252,8 +281,18 @@ def run_tf_mirrored(out_dir):
         kinds["loaded"] = _tf_kinds(model.optimizer)
         save_weights(os.path.join(out_dir, "tf_mirrored_loaded.npz"), model)
 
+    def paused_sgd():
+        with strategy.scope():
+            model = build_model()
+            model.compile(optimizer=make_paused_sgd(model), loss="mse")
+        fit(model, CHANGE_AT_EPOCH)
+        save_weights(os.path.join(out_dir, "tf_mirrored_paused_sgd_at_pause.npz"), model)
+        fit(model, EPOCHS, initial_epoch=CHANGE_AT_EPOCH, change=pause_body)
+        save_weights(os.path.join(out_dir, "tf_mirrored_paused_sgd.npz"), model)
+
     _run_scenarios(out_dir, "tf_mirrored", [("trained", trained),
-                                            ("loaded", loaded)])
+                                            ("loaded", loaded),
+                                            ("paused_sgd", paused_sgd)])
     _write_json(out_dir, "tf_mirrored_kinds.json", kinds)
 
 
@@ -329,7 +368,7 @@ def run_torch_ddp(out_dir, rank, port):
 
     results = {}
 
-    def train(model, optimizer, epochs, initial_epoch=0):
+    def train(model, optimizer, epochs, initial_epoch=0, change=change_multipliers):
         """The custom loop difflr supports: DDP averages the gradients of the
         workers' shares, then every worker applies the same update."""
         ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -337,7 +376,7 @@ def run_torch_ddp(out_dir, rank, port):
         for epoch, step, x, y in local_batches(epochs, rank, world,
                                                initial_epoch):
             if epoch == CHANGE_AT_EPOCH and step == 0:
-                change_multipliers(optimizer, model)
+                change(optimizer, model)
             model.zero_grad()
             loss = loss_fn(torch.from_numpy(y), ddp(torch.from_numpy(x)))
             loss.backward()
@@ -369,8 +408,19 @@ def run_torch_ddp(out_dir, rank, port):
         except Exception as e:
             results["fit_error"] = f"{type(e).__name__}: {e}"
 
+    def paused_sgd():
+        model = build_model()
+        optimizer = make_paused_sgd(model)
+        optimizer.build(model.trainable_variables)
+        train(model, optimizer, CHANGE_AT_EPOCH)
+        save_weights(os.path.join(out_dir, f"torch_ddp_paused_sgd_at_pause_{rank}.npz"),
+                     model)
+        train(model, optimizer, EPOCHS, CHANGE_AT_EPOCH, change=pause_body)
+        save_weights(os.path.join(out_dir, f"torch_ddp_paused_sgd_{rank}.npz"), model)
+
     _run_scenarios(out_dir, f"torch_ddp_{rank}", [("trained", trained),
-                                                  ("loaded", loaded)])
+                                                  ("loaded", loaded),
+                                                  ("paused_sgd", paused_sgd)])
     _write_json(out_dir, f"torch_ddp_fit_{rank}.json", results)
     dist.destroy_process_group()
 

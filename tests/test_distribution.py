@@ -9,7 +9,9 @@ model on one device, on the same global batches, and compares.
 
 Every scenario trains `stem` at 0 (frozen at build, so without optimizer
 state), `body` at 0.1 and `head` at 2.0 with AdamW, `head/bias` without weight
-decay, and changes `body` to 0.5 after the first epoch. The single-device path
+decay, and changes `body` to 0.5 after the first epoch; the pause scenario
+trains with SGD and momentum and pauses `body` (multiplier 0) there, which
+must clear its velocity on every replica or shard. The single-device path
 itself is proven elsewhere against per-variable copies (test_contract.py,
 test_fit.py); here a run without multipliers shows the comparison would
 notice multipliers that were lost on the way.
@@ -148,6 +150,39 @@ def reference(tmp_path_factory):
     return {"out": out, "weights": weights, "plain": plain}
 
 
+@pytest.fixture(scope="module")
+def paused_sgd_reference():
+    """The pause scenario on one device: final weights, and the weights when
+    the pause began."""
+    model = worker.build_model()
+    model.compile(optimizer=worker.make_paused_sgd(model), loss="mse")
+    worker.fit(model, worker.CHANGE_AT_EPOCH)
+    at_pause = worker.weights(model)
+    worker.fit(model, worker.EPOCHS, initial_epoch=worker.CHANGE_AT_EPOCH,
+               change=worker.pause_body)
+    body = [i for i, v in enumerate(model.weights) if v.path.startswith("body/")]
+    weights = worker.weights(model)
+    keras.backend.clear_session()
+    return {"weights": weights, "at_pause": at_pause, "body": body}
+
+
+def _assert_paused_like_one_device(out_dir, name, reference, what):
+    """The run's final weights (`name`.npz) match one device's, and its body
+    ends exactly where it was when the pause began (`name`_at_pause.npz)."""
+    actual = _load_weights(out_dir, f"{name}.npz")
+    at_pause = _load_weights(out_dir, name.replace("paused_sgd", "paused_sgd_at_pause")
+                             + ".npz")
+    assert len(actual) == len(reference["weights"])
+    for a, r in zip(actual, reference["weights"]):
+        assert_close(a, r, rtol=1e-5, atol=1e-6, what=what)
+    assert len(reference["body"]) == 2
+    for i in reference["body"]:
+        # A velocity left over would have carried the body on (by 0.9 of its
+        # last step, then 0.81, ...).
+        np.testing.assert_array_equal(actual[i], at_pause[i], err_msg=what)
+        np.testing.assert_array_equal(reference["weights"][i], reference["at_pause"][i])
+
+
 def _assert_equals_one_device(actual, reference, what):
     assert len(actual) == len(reference["weights"])
     for a, r, p in zip(actual, reference["weights"], reference["plain"]):
@@ -219,6 +254,14 @@ def test_jax_checkpoint_from_one_device_continues_under_model_parallel(
     _assert_state_follows_layouts(_load_json(jax_run, "jax_layouts.json")["loaded"])
 
 
+@_only("jax")
+def test_jax_pause_clears_the_sgd_velocity_of_sharded_variables(
+        paused_sgd_reference, jax_run):
+    _check_ran(jax_run, "jax", "paused_sgd_model_parallel")
+    _assert_paused_like_one_device(jax_run, "jax_paused_sgd", paused_sgd_reference,
+                                   "SGD, body paused, ModelParallel on a 2x2 mesh")
+
+
 # TensorFlow: tf.distribute.
 
 
@@ -257,6 +300,15 @@ def test_tf_checkpoint_from_one_device_continues_under_mirrored_strategy(
         "saved on one device, continued under MirroredStrategy")
     kinds = _load_json(tf_mirrored_run, "tf_mirrored_kinds.json")
     assert kinds["loaded"] == ["MirroredVariable"]
+
+
+@_only("tensorflow")
+def test_tf_mirrored_pause_clears_the_sgd_velocity_on_every_replica(
+        paused_sgd_reference, tf_mirrored_run):
+    _check_ran(tf_mirrored_run, "tf_mirrored", "paused_sgd")
+    _assert_paused_like_one_device(tf_mirrored_run, "tf_mirrored_paused_sgd",
+                                   paused_sgd_reference,
+                                   "SGD, body paused, MirroredStrategy on 2 CPUs")
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +374,16 @@ def test_torch_checkpoint_from_ddp_continues_on_one_device(reference, torch_ddp_
     weights = _continue_on_one_device(os.path.join(torch_ddp_run, "torch_ddp.keras"))
     _assert_equals_one_device(weights, reference,
                               "saved under DDP, continued on one device")
+
+
+@_only("torch")
+def test_torch_ddp_pause_clears_the_sgd_velocity_on_every_process(
+        paused_sgd_reference, torch_ddp_run):
+    for rank in range(2):
+        _check_ran(torch_ddp_run, f"torch_ddp_{rank}", "paused_sgd")
+        _assert_paused_like_one_device(torch_ddp_run, f"torch_ddp_paused_sgd_{rank}",
+                                       paused_sgd_reference,
+                                       f"SGD, body paused, DDP rank {rank}")
 
 
 @_only("torch")
