@@ -85,7 +85,9 @@ def for_backend(value):
     Step counts are set per backend so that one timed `fit` lasts about
     0.2-0.3 s everywhere: a JAX step of the optimizer-bound model takes a
     fifteenth of a torch one, and 40 steps of it (20 ms) left single timings
-    noisier than the 2% the targets ask to resolve.
+    noisier than the 2% the targets ask to resolve. Round counts too: a JAX
+    round is short, and its timings in `fit` jump between two levels (the
+    compiled step alone is steadier: `alternate` pairs each round's times).
     """
     if isinstance(value, dict):
         import keras
@@ -339,11 +341,12 @@ def load_average():
         return None
 
 
-def fmt_steps(value):
-    """A step count, or one per backend (`for_backend`), in words."""
+def fmt_count(value, unit):
+    """A count, or one per backend (`for_backend`), in words: "7 rounds",
+    "400 (jax) / 40 (torch) steps"."""
     if isinstance(value, dict):
-        return " / ".join(f"{n} ({b})" for b, n in value.items()) + " steps"
-    return f"{value} steps"
+        return " / ".join(f"{n} ({b})" for b, n in value.items()) + f" {unit}"
+    return f"{value} {unit}"
 
 
 def fmt_ms(value):

@@ -18,7 +18,8 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 5, "optimizer": "Adam", "width": 16, "batch": 8,
+    "full": {"rounds": {"jax": 11, "tensorflow": 7, "torch": 5},
+             "optimizer": "Adam", "width": 16, "batch": 8,
              "steps": {"jax": 200, "tensorflow": 80, "torch": 25},
              "layers": 100, "counts": [1, 5, 25, 100, 200],
              "variable_layers": [10, 50], "variable_count": 25,
@@ -62,8 +63,8 @@ def measure(options):
             return c.fit_timer(model, x, y, batch)
 
         timers = c.build_mirrored(list(counts_of), timer)
-        results[str(layers)] = {"variables": 2 * layers,
-                                "variants": c.summarize(c.alternate(timers, options["rounds"]))}
+        times = c.alternate(timers, c.for_backend(options["rounds"]))
+        results[str(layers)] = {"variables": 2 * layers, "variants": c.summarize(times)}
     return results
 
 
@@ -79,7 +80,8 @@ def report(results, options):
     lines = [f"**Distinct multipliers** ({layers} Dense({options['width']}) layers = "
              f"{2 * layers} variables, batch {options['batch']}, {options['optimizer']}; "
              "step time relative to the plain optimizer, median of "
-             f"{options['rounds']} alternating rounds of {c.fmt_steps(options['steps'])})\n"]
+             f"{c.fmt_count(options['rounds'], 'alternating rounds')} of "
+             f"{c.fmt_count(options['steps'], 'steps')})\n"]
     header = "| backend | plain ms/step | " + " | ".join(
         f"difflr @{k}" for k in options["counts"]) + " | " + " | ".join(
         f"MultiOptimizer @{k}" for k in options["counts"] if k in options["multi_counts"]

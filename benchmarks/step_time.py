@@ -21,7 +21,8 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": 7, "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
+    "full": {"rounds": {"jax": 21, "tensorflow": 11, "torch": 7},
+             "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
              "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8,
              "mlp_steps": {"jax": 400, "tensorflow": 200, "torch": 40},
              "cnn_batch": 16, "cnn_steps": 24},
@@ -70,7 +71,8 @@ def measure(options):
                 return c.fit_timer(model, x, y, batch)
 
             timers = c.build_mirrored(c.variants_available(), timer)
-            summary = c.summarize(c.alternate(timers, options["rounds"]))
+            rounds = c.for_backend(options["rounds"])
+            summary = c.summarize(c.alternate(timers, rounds))
             variables = len(models[0].trainable_variables)
             results[f"{kind}/{name}"] = {
                 "variants": summary, "variables": variables,
@@ -86,8 +88,8 @@ def report(results, options):
         first = some[f"{kind}/{options['optimizers'][0]}"]
         lines.append(f"**{kind}** ({described[kind]}; {first['variables']} variables, "
                      f"{first['multipliers']} distinct multipliers; median of "
-                     f"{options['rounds']} alternating rounds of "
-                     f"{c.fmt_steps(options[STEPS_OPTION[kind]])})\n")
+                     f"{c.fmt_count(options['rounds'], 'alternating rounds')} of "
+                     f"{c.fmt_count(options[STEPS_OPTION[kind]], 'steps')})\n")
         lines.append("| optimizer | backend | plain ms/step | difflr ms/step | difflr / plain "
                      "| MultiOptimizer ms/step | MultiOptimizer / plain | plain A/A |")
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
