@@ -170,8 +170,7 @@ def _assert_paused_like_one_device(out_dir, name, reference, what):
     """The run's final weights (`name`.npz) match one device's, and its body
     ends exactly where it was when the pause began (`name`_at_pause.npz)."""
     actual = _load_weights(out_dir, f"{name}.npz")
-    at_pause = _load_weights(out_dir, name.replace("paused_sgd", "paused_sgd_at_pause")
-                             + ".npz")
+    at_pause = _load_weights(out_dir, f"{name}_at_pause.npz")
     assert len(actual) == len(reference["weights"])
     for a, r in zip(actual, reference["weights"]):
         assert_close(a, r, rtol=1e-5, atol=1e-6, what=what)
