@@ -121,6 +121,17 @@ def alternate(variants, rounds):
     return times
 
 
+def repeat_timer(call, reps):
+    """A callable timing `reps` calls of `call`, returning seconds per call
+    (a variant for `alternate`)."""
+    def run():
+        start = time.perf_counter()
+        for _ in range(reps):
+            call()
+        return (time.perf_counter() - start) / reps
+    return run
+
+
 def build_mirrored(names, build):
     """{name: [built, built]}: `build(name)` twice for every name, in the
     order given and then in reverse (A B C, then C B A).

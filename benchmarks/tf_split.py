@@ -13,7 +13,6 @@ round; medians of per-round times.
 """
 
 import sys
-import time
 
 import _common as c
 
@@ -52,18 +51,11 @@ def measure(options):
         rates = lr * multipliers
         return tf.add_n([rates[i] for i in range(n)])
 
-    def timer(graph):
-        graph()  # trace
-
-        def run():
-            start = time.perf_counter()
-            for _ in range(options["reps"]):
-                graph()
-            return (time.perf_counter() - start) / options["reps"]
-        return run
-
     graphs = dict(zip(VARIANTS, (reads, split, slices)))
-    times = c.alternate({k: timer(g) for k, g in graphs.items()}, options["rounds"])
+    for graph in graphs.values():
+        graph()  # trace
+    times = c.alternate({k: c.repeat_timer(g, options["reps"]) for k, g in graphs.items()},
+                        options["rounds"])
     return {"variants": c.summarize(times, baseline=VARIANTS[0])}
 
 

@@ -12,7 +12,6 @@ round; medians of per-round times.
 """
 
 import sys
-import time
 
 import _common as c
 
@@ -84,17 +83,10 @@ def measure(options):
             VARIANTS[4]: torch_step(True),
         }
 
-        def timer(step):
-            def run():
-                start = time.perf_counter()
-                for _ in range(options["reps"]):
-                    step()
-                return (time.perf_counter() - start) / options["reps"]
-            return run
-
         for step in steps.values():
             step()  # build lazily created state
-        times = c.alternate({k: timer(s) for k, s in steps.items()}, options["rounds"])
+        timers = {k: c.repeat_timer(s, options["reps"]) for k, s in steps.items()}
+        times = c.alternate(timers, options["rounds"])
         results[label] = {"tensors": len(shapes), "numbers": int(sum(v.size for v in values)),
                           "width": width, "groups": count,
                           "variants": c.summarize(times, baseline=VARIANTS[0])}
