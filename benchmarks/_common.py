@@ -134,17 +134,27 @@ def repeat_timer(call, reps):
 
 def build_mirrored(names, build):
     """{name: [built, built]}: `build(name)` twice for every name, in the
-    order given and then in reverse (A B C, then C B A).
+    order given and then in reverse (A B C, then C B A); then each built
+    timer's `recompile()` (`fit_timer`), in the same order.
 
     Of identical models, the one whose `fit` compiled later runs slower on
-    JAX: five plain copies here ran 0, +4, +5, +7 and +6% against the first,
-    and compiling them in the reverse order reversed it. A variant built
-    later would pay that as overhead. Mirrored, the two copies of every
-    variant sit at the same mean position, and `alternate` times them both.
+    JAX: five plain copies here ran 0, +2, +4, +6 and +5% against the
+    first, in a curve that mirroring alone does not cancel (it left "plain,
+    again" 4-5% slower than "plain" on the 200-variable model). Compiled a
+    second time, once all are built, the same copies were within 1.5% of
+    one another, in no order. Mirrored, the two copies of every variant
+    also sit at the same mean position, and `alternate` times them both.
     """
     built = {name: [] for name in names}
-    for name in list(names) + list(reversed(names)):
+    order = list(names) + list(reversed(names))
+    for name in order:
         built[name].append(build(name))
+    copy = {name: 0 for name in names}
+    for name in order:
+        recompile = getattr(built[name][copy[name]], "recompile", None)
+        copy[name] += 1
+        if recompile is not None:
+            recompile()
     return built
 
 
@@ -208,6 +218,12 @@ def fit_timer(model, x, y, batch, skip=2):
                   callbacks=[clock])
         return (marks["end"] - marks["start"]) / (steps - skip)
 
+    def recompile():
+        """A new compiled train step, in use (`build_mirrored`)."""
+        model.make_train_function(force=True)
+        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
+
+    run.recompile = recompile
     return run
 
 

@@ -21,11 +21,11 @@ import sys
 import _common as c
 
 DEFAULTS = {
-    "full": {"rounds": {"jax": 21, "tensorflow": 11, "torch": 7},
+    "full": {"rounds": {"jax": 21, "tensorflow": 21, "torch": 7},
              "optimizers": ["Adam", "AdamW", "SGD"], "multipliers": 25,
              "mlp_layers": 50, "mlp_width": 16, "mlp_batch": 8,
              "mlp_steps": {"jax": 400, "tensorflow": 200, "torch": 40},
-             "cnn_batch": 16, "cnn_steps": 24},
+             "cnn_batch": 16, "cnn_steps": {"jax": 24, "tensorflow": 48, "torch": 24}},
     "quick": {"rounds": 2, "optimizers": ["Adam"], "multipliers": 25,
               "mlp_layers": 10, "mlp_width": 16, "mlp_batch": 8, "mlp_steps": 5,
               "cnn_batch": 8, "cnn_steps": 2},
