@@ -111,13 +111,19 @@ def fit(model, epochs, initial_epoch=0, change=change_multipliers):
               callbacks=[Change()])
 
 
-def fit_and_pause(model, out_dir, name):
-    """The pause scenario with `fit`: writes `name`_at_pause.npz when the
-    pause begins and `name`.npz at the end."""
-    fit(model, CHANGE_AT_EPOCH)
-    save_weights(os.path.join(out_dir, f"{name}_at_pause.npz"), model)
-    fit(model, EPOCHS, initial_epoch=CHANGE_AT_EPOCH, change=pause_body)
-    save_weights(os.path.join(out_dir, f"{name}.npz"), model)
+def train_and_pause(model, path, train=None):
+    """The pause scenario: trains to CHANGE_AT_EPOCH and writes
+    `path`_at_pause.npz, then trains on with the body paused (`pause_body`)
+    and writes `path`.npz.
+
+    `train(epochs, initial_epoch, change)` trains the model, `change` at
+    CHANGE_AT_EPOCH; `fit` by default.
+    """
+    train = train or (lambda *args: fit(model, *args))
+    train(CHANGE_AT_EPOCH, 0, pause_body)  # (ends before the change)
+    save_weights(f"{path}_at_pause.npz", model)
+    train(EPOCHS, CHANGE_AT_EPOCH, pause_body)
+    save_weights(f"{path}.npz", model)
 
 
 def local_batches(epochs, rank, world, initial_epoch=0):
@@ -237,7 +243,7 @@ def run_jax(out_dir):
         keras.distribution.set_distribution(_model_parallel())
         model = build_model()
         model.compile(optimizer=make_paused_sgd(model), loss="mse")
-        fit_and_pause(model, out_dir, "jax_paused_sgd")
+        train_and_pause(model, os.path.join(out_dir, "jax_paused_sgd"))
 
     _run_scenarios(out_dir, "jax", [
         ("data_parallel", data_parallel),
@@ -291,7 +297,7 @@ def run_tf_mirrored(out_dir):
         with strategy.scope():
             model = build_model()
             model.compile(optimizer=make_paused_sgd(model), loss="mse")
-        fit_and_pause(model, out_dir, "tf_mirrored_paused_sgd")
+        train_and_pause(model, os.path.join(out_dir, "tf_mirrored_paused_sgd"))
 
     _run_scenarios(out_dir, "tf_mirrored", [("trained", trained),
                                             ("loaded", loaded),
@@ -415,11 +421,8 @@ def run_torch_ddp(out_dir, rank, port):
         model = build_model()
         optimizer = make_paused_sgd(model)
         optimizer.build(model.trainable_variables)
-        name = os.path.join(out_dir, f"torch_ddp_paused_sgd_{rank}")
-        train(model, optimizer, CHANGE_AT_EPOCH)
-        save_weights(f"{name}_at_pause.npz", model)
-        train(model, optimizer, EPOCHS, CHANGE_AT_EPOCH, change=pause_body)
-        save_weights(f"{name}.npz", model)
+        train_and_pause(model, os.path.join(out_dir, f"torch_ddp_paused_sgd_{rank}"),
+                        lambda *args: train(model, optimizer, *args))
 
     _run_scenarios(out_dir, f"torch_ddp_{rank}", [("trained", trained),
                                                   ("loaded", loaded),

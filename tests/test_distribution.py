@@ -151,19 +151,17 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def paused_sgd_reference():
+def paused_sgd_reference(tmp_path_factory):
     """The pause scenario on one device: final weights, and the weights when
     the pause began."""
+    out = tmp_path_factory.mktemp("paused_sgd")
     model = worker.build_model()
     model.compile(optimizer=worker.make_paused_sgd(model), loss="mse")
-    worker.fit(model, worker.CHANGE_AT_EPOCH)
-    at_pause = worker.weights(model)
-    worker.fit(model, worker.EPOCHS, initial_epoch=worker.CHANGE_AT_EPOCH,
-               change=worker.pause_body)
+    worker.train_and_pause(model, os.path.join(out, "one_device"))
     body = [i for i, v in enumerate(model.weights) if v.path.startswith("body/")]
-    weights = worker.weights(model)
     keras.backend.clear_session()
-    return {"weights": weights, "at_pause": at_pause, "body": body}
+    return {"weights": _load_weights(out, "one_device.npz"),
+            "at_pause": _load_weights(out, "one_device_at_pause.npz"), "body": body}
 
 
 def _assert_paused_like_one_device(out_dir, name, reference, what):
