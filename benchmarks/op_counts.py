@@ -10,10 +10,10 @@ multipliers, and MultiOptimizer with 25 groups.
     python benchmarks/op_counts.py
 """
 
-import re
 import sys
 
 import _common as c
+from difflr import _executed
 
 DEFAULTS = {
     "full": {"layers": 50, "width": 16, "batch": 8, "optimizers": ["Adam", "AdamW", "SGD"],
@@ -21,62 +21,6 @@ DEFAULTS = {
     "quick": {"layers": 3, "width": 8, "batch": 8, "optimizers": ["Adam"],
               "counts": [1, 6], "multi_count": 3},
 }
-
-# Entries of a compiled XLA module that launch no kernel.
-_NO_KERNEL = re.compile(r"= \S+ (parameter|constant|tuple|get-tuple-element|bitcast)\(")
-
-
-def _jax_kernels(model, x, y):
-    import jax
-
-    state = tuple([v.value for v in vs] for vs in (
-        model.trainable_variables, model.non_trainable_variables,
-        model.optimizer.variables, model.metrics_variables))
-    # Compiled as Keras's JAX trainer compiles it: with the state donated, so
-    # that state the step returns unchanged (the multipliers, the learning
-    # rate) can keep its buffer instead of being copied.
-    step = jax.jit(model.train_step, donate_argnums=0)
-    text = step.lower(state, (x, y)).compile().as_text()
-    entry = text[text.index("ENTRY"):]
-    return sum(1 for line in entry.splitlines()
-               if " = " in line and not _NO_KERNEL.search(line))
-
-
-def _tf_ops(model, x, y):
-    import tensorflow as tf
-
-    graph = tf.function(lambda a, b: model.train_step((a, b))).get_concrete_function(
-        tf.constant(x), tf.constant(y)).graph
-    ops = [op.type for op in graph.get_operations()]
-    # Constants and placeholders are not executed work.
-    return sum(1 for t in ops if t not in ("Const", "Placeholder", "NoOp"))
-
-
-def _torch_ops(model, x, y):
-    import torch
-    from torch.profiler import profile
-
-    grads = [torch.ones_like(v.value) for v in model.trainable_variables]
-    model.optimizer.apply(grads, model.trainable_variables)  # warm
-    with profile() as prof:
-        model.optimizer.apply(grads, model.trainable_variables)
-    return _count_events(prof.events())
-
-
-def _count_events(events):
-    """Outermost `aten::_foreach_*` calls, and all ATen operations."""
-    def nested_in_foreach(event):
-        parent = event.cpu_parent
-        while parent is not None:
-            if parent.name.startswith("aten::_foreach"):
-                return True
-            parent = parent.cpu_parent
-        return False
-
-    return {"foreach": sum(1 for e in events if e.name.startswith("aten::_foreach")
-                           and not nested_in_foreach(e)),
-            "aten": sum(1 for e in events if e.name.startswith("aten::"))}
-
 
 def _native_torch(options, groups):
     import torch
@@ -93,7 +37,7 @@ def _native_torch(options, groups):
     opt.step()
     with profile() as prof:
         opt.step()
-    return _count_events(prof.events())
+    return _executed.count_events(prof.events())
 
 
 def measure(options):
@@ -102,7 +46,6 @@ def measure(options):
     backend = keras.backend.backend()
     layers, width, batch = options["layers"], options["width"], options["batch"]
     x, y = c.mlp_data(batch, width)
-    count_of = {"jax": _jax_kernels, "tensorflow": _tf_ops, "torch": _torch_ops}[backend]
     variants = [("plain", 0)] + [("difflr", k) for k in options["counts"]]
     if c.has_multi_optimizer():
         variants.append(("MultiOptimizer", options["multi_count"]))
@@ -114,7 +57,7 @@ def measure(options):
             model.compile(optimizer=c.optimizer_for(variant, name, model, count), loss="mse")
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
             label = variant if variant == "plain" else f"{variant}@{count}"
-            row[label] = count_of(model, x, y)
+            row[label] = _executed.count(model, x, y)
         results[name] = row
     if backend == "torch":
         results["native torch AdamW"] = {

@@ -292,7 +292,7 @@ depends on what is cheap on each backend.
   `torch._foreach_*` call per kernel at one scalar rate. `_foreach_*` also
   takes a list of 0-d tensors, one scalar per tensor, where Keras passes one:
   for SGD, Adam and AdamW, difflr makes Keras's own calls with the rate as such
-  a list (`_keras_compat.torch_update_with_rates`), so the update makes the
+  a list (`difflr/_update/torch_sgd.py`, `torch_adam.py`), so the update makes the
   plain optimizer's passes over the variables, whatever the number of
   multipliers. The list costs one copy per step into a buffer that its 0-d
   tensors view (creating them anew would cost about a microsecond each).
@@ -309,7 +309,7 @@ depends on what is cheap on each backend.
   TensorFlow and JAX, so a 0 set later must pause a variable inside the
   compiled step, without retracing. A paused variable does not move, and its
   state goes on as its own copy of the optimizer at rate 0 would keep it
-  (`_keras_compat.pause_form`). For Adam and its kin, "run at rate 0" is
+  (`_pause.mode`). For Adam and its kin, "run at rate 0" is
   exactly that, so they need no guard at all. Keras's SGD and RMSprop keep
   the rate inside their momentum, a velocity that would coast: `set_multipliers`
   clears it when a pause begins (one assign, outside the step), and at rate

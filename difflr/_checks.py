@@ -8,10 +8,24 @@ import math
 import numbers
 
 
+def scalar(value):
+    """A 0-d array or tensor (NumPy, TensorFlow, JAX, torch) as a Python
+    number; anything else unchanged."""
+    shape = getattr(value, "shape", None)
+    if shape is None or isinstance(value, (str, bytes)):
+        return value
+    try:
+        if tuple(shape) != ():
+            return value
+    except TypeError:  # a shape of unknown rank
+        return value
+    item = getattr(value, "item", None)
+    return item() if item is not None else value.numpy().item()
+
+
 def integer(value, name, who, minimum=0):
     """`value` as a Python int >= `minimum`, or raises."""
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):
-        value = value.item()  # a 0-d NumPy array
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"{who}: `{name}` must be an integer >= {minimum}; received "
@@ -31,8 +45,7 @@ def number(value, name, who, low=None, high=None, low_open=False,
 
     `low_open`/`high_open` exclude the bound itself.
     """
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):
-        value = value.item()
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"{who}: `{name}` must be a number; received {value!r} of type "

@@ -2,54 +2,68 @@
 
 difflr depends on Keras's public API everywhere else. The few places where Keras
 offers no public hook are gathered here so that a Keras upgrade has one file to
-check. Each function says which private name it touches.
+check; `check_keras_version` tests at import that the hooks found on classes
+are there, and `_hook` fails clearly when one found on an instance is gone.
 
 Checked against Keras 3.12.0 (the oldest supported release) through 3.15.1.
 Older releases cannot run with current TensorFlow (2.21 needs Keras >= 3.12)
 or JAX (Keras 3.8 calls the removed `jax.spmd_mode`).
 
-The private names, and why each is unavoidable:
+The private names, where difflr uses them, and why each is unavoidable:
 
-- `optimizer.update_step(gradient, variable, learning_rate)`: documented for
+- `Optimizer.update_step(gradient, variable, learning_rate)`: documented for
   subclasses, but a wrapper has to intercept it on an existing instance to
   give each variable its own learning rate while the wrapped optimizer keeps
   running its own `apply` (clipping, accumulation, EMA, distribution).
-- `optimizer._parallel_update_step(grads, variables, learning_rate)`: the torch
+  `install_update_hooks`, used by `LRMultiplier.build`.
+- `Optimizer._parallel_update_step(grads, variables, learning_rate)`: the torch
   backend's fused (`torch._foreach_*`) update of many variables at one rate.
-  For SGD, Adam and AdamW its math is restated with one rate per variable
-  (`torch_update_with_rates`), reading their slot lists and
-  `_get_variable_index`: a copy of Keras's kernels, checked against both ends
-  of the supported range by the contract tests.
-- `optimizer._apply_weight_decay(variables)`: decoupled weight decay, which
-  must use each variable's own rate and decay multiplier.
-- `optimizer._var_key(variable)`: how the optimizer identifies a variable
+  `install_update_hooks`, `has_fused_update`; `difflr/_update/torch_sgd.py`
+  and `torch_adam.py` restate SGD's and Adam's with one rate per variable.
+- `Optimizer._apply_weight_decay(variables)`: decoupled weight decay, which
+  must use each variable's own rate and decay multiplier: switched off by
+  `install_update_hooks`, checked by `check_weight_decay_is_standard`.
+- `Optimizer._use_weight_decay(variable)` (with `exclude_from_weight_decay`)
+  and Muon's `_should_use_adamw`: which variables the optimizer decays,
+  `weight_decay_for`.
+- `Optimizer._var_key(variable)`: how the optimizer identifies a variable
   (the TF backend passes `tf.Variable`s, not Keras variables, to
-  `update_step`).
-- the optimizer's slot lists (`_momentums`, `_velocities`, Adafactor's `_r`,
-  ...): found by shape, to pause a variable whose multiplier is 0 and to tell
-  per-variable slots from per-step global state (Nadam's `u_product`); and
-  by name, SGD's `momentums` and RMSprop's `_momentums`, the velocities
-  cleared when a pause begins (`velocity_slots`).
-- `layer._flatten_layers()`: the nested layers of a layer, to rank rules from
-  the innermost layer out.
-- the update math of Keras's own optimizers (`update_step`, and on torch
-  `_parallel_update_step`): which of them move a variable by the learning rate
-  times a step that depends on neither (`rate_form`), so that the learning
-  rate can be applied per variable without leaving the backend's fused path.
-  Keras's optimizers write only through `optimizer.assign*` (its own test,
-  `optimizer_sparse_test`, enforces that): a paused variable's writes are
-  guarded there (`install_write_guard`).
+  `update_step`). `var_key`, `position_of`.
+- `Optimizer._get_variable_index(variable)` and the slot lists (SGD's
+  `momentums`; Adam's `_momentums`, `_velocities`, `_velocity_hats`;
+  RMSprop's `_momentums`): `sgd_momentums`, `adam_moments`, `velocity_slots`.
+  The slots of any optimizer are also found by shape (`per_variable_slots`),
+  to hold a paused variable's state and to tell per-variable slots from
+  per-step global state (Nadam's `u_product`), which uses `_iterations` and
+  `_learning_rate` (`per_step_state`).
+- `Optimizer._trainable_variables`, `_trainable_variables_indices` and
+  `_check_variables_are_known`: the variables an optimizer was built for,
+  read on the `LRMultiplier` itself (a Keras optimizer): `built_variables`,
+  `position_of`, `check_known`.
+- `Layer._flatten_layers()`: the nested layers of a layer, to rank rules from
+  the innermost layer out and to group models. `nested_layers`.
 - a functional model's `_nodes_by_depth` and `Node.parent_nodes`: its graph,
-  to split it into layer groups by topological depth (`difflr.groups`).
+  to split it into layer groups by topological depth (`functional_nodes`,
+  used by `difflr.groups`).
+- the update math of Keras's own optimizers: which of them move a variable
+  by the learning rate times a step that depends on neither (`scaling`), so
+  that the learning rate can be applied per variable without leaving the
+  backend's fused path. Keras's optimizers write only through
+  `optimizer.assign*` (its own test, `optimizer_sparse_test`, enforces that):
+  a paused variable's writes are guarded there (`install_write_guard`).
 - `keras.src.backend.torch.trainer.TorchTrainer.train_step`: recognised on the
   call stack, to refuse `model.fit` in a multi-process torch group, where
-  Keras's torch trainer would not synchronise gradients.
+  Keras's torch trainer would not synchronise gradients
+  (`called_from_keras_torch_train_step`).
+
+`find_model` relies on no private name, but on how Keras calls an optimizer's
+`build`: from inside a method of the model that owns the variables.
 """
 
+import re
 import sys
 import warnings
 
-import re
 import keras
 
 OLDEST_KERAS = (3, 12, 0)
@@ -64,6 +78,30 @@ def _version_tuple(version):
     return tuple(parts + [0] * (3 - len(parts)))
 
 
+# The private hooks difflr reaches on Keras classes (see the module docstring);
+# those on instances go through `_hook`.
+_CLASS_HOOKS = tuple(
+    (keras.optimizers.Optimizer, name)
+    for name in ("update_step", "_apply_weight_decay", "_use_weight_decay",
+                 "_var_key", "_get_variable_index", "_check_variables_are_known")
+) + ((keras.layers.Layer, "_flatten_layers"),)
+
+
+def _hook(owner, name):
+    """`owner.name`, a private Keras attribute, or a clear error if it is gone."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"difflr does not know Keras {keras.__version__}: "
+            f"`{type(owner).__name__}.{name}`, which difflr relies on, is gone. "
+            "difflr was checked against Keras "
+            f"{'.'.join(map(str, OLDEST_KERAS))} to "
+            f"{'.'.join(map(str, NEWEST_CHECKED_KERAS))}; install one of those "
+            "or a newer difflr."
+        ) from None
+
+
 def check_keras_version():
     """Fails clearly on a Keras difflr cannot work with, warns on a new one."""
     version = _version_tuple(keras.__version__)
@@ -73,18 +111,12 @@ def check_keras_version():
             f"Keras {keras.__version__} is installed. Upgrade it with "
             "`pip install -U keras`."
         )
-    base = keras.optimizers.Optimizer
-    missing = [
-        name
-        for name in ("update_step", "_apply_weight_decay", "_var_key",
-                     "add_variable_from_reference", "_backend_update_step")
-        if not hasattr(base, name)
-    ]
-    if missing or not hasattr(keras.layers.Layer, "_flatten_layers"):
+    missing = [name for owner, name in _CLASS_HOOKS if not hasattr(owner, name)]
+    if missing:
         raise ImportError(
-            f"difflr does not know Keras {keras.__version__}: the optimizer "
-            f"hooks it relies on ({', '.join(missing) or '_flatten_layers'}) "
-            "are gone. difflr was checked against Keras "
+            f"difflr does not know Keras {keras.__version__}: the hooks it "
+            f"relies on ({', '.join(missing)}) are gone. difflr was checked "
+            "against Keras "
             f"{'.'.join(map(str, OLDEST_KERAS))} to "
             f"{'.'.join(map(str, NEWEST_CHECKED_KERAS))}; install one of "
             "those or a newer difflr."
@@ -102,6 +134,22 @@ def check_keras_version():
 def var_key(optimizer, variable):
     """The key `optimizer` uses for `variable` (Keras or backend variable)."""
     return optimizer._var_key(variable)
+
+
+def built_variables(optimizer):
+    """The variables a built `optimizer` was built for, in order."""
+    return _hook(optimizer, "_trainable_variables")
+
+
+def position_of(optimizer, variable):
+    """The index of `variable` among `built_variables(optimizer)`, or None."""
+    return _hook(optimizer, "_trainable_variables_indices").get(
+        optimizer._var_key(variable))
+
+
+def check_known(optimizer, variables):
+    """Raises Keras's own error if `optimizer` was not built for `variables`."""
+    optimizer._check_variables_are_known(variables)
 
 
 def nested_layers(layer):
@@ -170,15 +218,16 @@ def per_step_state(optimizer, slots):
     """Optimizer variables that are neither slots, the step counter nor the
     learning rate: per-step global state, such as Nadam's `u_product`."""
     skip = {id(v) for per_variable in slots for v in per_variable}
-    skip |= {id(optimizer._iterations), id(optimizer._learning_rate)}
+    skip |= {id(_hook(optimizer, "_iterations")), id(_hook(optimizer, "_learning_rate"))}
     return [v for v in optimizer.variables if id(v) not in skip]
 
 
 def install_update_hooks(optimizer, update_step, parallel_update_step):
     """Routes `optimizer`'s per-variable and fused updates through difflr.
 
-    The hooks receive the original bound method as their first argument. The
-    optimizer's own weight decay is switched off: difflr applies it inside
+    The hooks receive the original bound method as their first argument
+    (`parallel_update_step` may be None: no fused hook). The optimizer's own
+    weight decay is switched off: difflr applies it inside
     the hooks, scaled per variable, at the same point of the step.
     """
     original_update = optimizer.update_step
@@ -187,7 +236,7 @@ def install_update_hooks(optimizer, update_step, parallel_update_step):
         return update_step(original_update, gradient, variable, learning_rate)
 
     object.__setattr__(optimizer, "update_step", hooked_update_step)
-    if has_fused_update(optimizer):
+    if parallel_update_step is not None and has_fused_update(optimizer):
         original_parallel = optimizer._parallel_update_step
 
         def hooked_parallel(grads, variables, learning_rate):
@@ -231,7 +280,7 @@ _RATE_TIMES_STEP = ("Adam", "AdamW", "Adamax", "Nadam", "Adagrad", "Adadelta",
                     "Lion", "RMSprop")
 
 
-def rate_form(optimizer):
+def scaling(optimizer):
     """How the learning rate enters `optimizer`'s update, if it is Keras's own.
 
     Returns:
@@ -249,131 +298,14 @@ def rate_form(optimizer):
     Checked against the update math of Keras 3.12.0 to 3.15.1, on every
     backend (the torch backend's fused `_parallel_update_step` too).
     """
-    if _updates_as(optimizer, keras.optimizers.SGD):
+    if updates_as(optimizer, keras.optimizers.SGD):
         return "gradient"
     for name in _RATE_TIMES_STEP:
-        if _updates_as(optimizer, getattr(keras.optimizers, name)):
+        if updates_as(optimizer, getattr(keras.optimizers, name)):
             if name == "RMSprop" and optimizer.momentum:
                 return None
             return "step"
     return None
-
-
-def torch_update_with_rates(optimizer, variables):
-    """Keras's fused torch update of SGD or Adam/AdamW, with one learning
-    rate per variable; None for any other optimizer.
-
-    Keras's `_parallel_update_step` takes one rate for all the variables.
-    This is its math (`keras/src/backend/torch/optimizers/torch_sgd.py` and
-    `torch_adam.py`, the same from Keras 3.12.0 to 3.15.1) with that rate
-    made a per-tensor scalar of the same `torch._foreach_*` calls, so the
-    variables keep the plain optimizer's kernels and passes over them:
-
-        SGD:   b <- momentum * b - lr_i * g;   v <- v + b
-               (Nesterov: v <- v - lr_i * g + momentum * b; no momentum:
-               v <- v - lr_i * g)
-        Adam:  m <- beta_1 * m + (1 - beta_1) * g
-               u <- beta_2 * u + (1 - beta_2) * g^2   (AMSGrad: u_hat)
-               v <- v - lr_i * sqrt(1 - beta_2^t) / (1 - beta_1^t)
-                          * m / (sqrt(u) + epsilon)
-
-    Reads the private slot lists (`momentums`, `_momentums`, `_velocities`,
-    `_velocity_hats`) through `_get_variable_index`.
-
-    Args:
-        optimizer: the wrapped optimizer, on the torch backend.
-        variables: the Keras variables of one fused update, in its order.
-
-    Returns:
-        None, or `update(grads, rates, scalars)`: `rates` is a 1-d tensor of
-        the variables' learning rates, and `scalars(vector)` turns a 1-d
-        tensor into a list of 0-d tensors (the per-tensor scalars).
-    """
-    import torch
-
-    if not has_fused_update(optimizer):
-        return None
-    values = [v.value for v in variables]
-    index = [optimizer._get_variable_index(v) for v in variables]
-
-    if _updates_as(optimizer, keras.optimizers.SGD):
-        momentum, nesterov = optimizer.momentum, optimizer.nesterov
-        buffers = ([optimizer.momentums[i].value for i in index]
-                   if momentum != 0 else None)
-
-        def sgd(grads, rates, scalars):
-            minus = scalars(-rates)  # v + g * (-lr_i): one kernel, as alpha=
-            if buffers is None:
-                torch._foreach_addcmul_(values, grads, minus)
-                return
-            torch._foreach_mul_(buffers, momentum)
-            torch._foreach_addcmul_(buffers, grads, minus)
-            if nesterov:
-                torch._foreach_addcmul_(values, grads, minus)
-                torch._foreach_add_(values, buffers, alpha=momentum)
-            else:
-                torch._foreach_add_(values, buffers)
-
-        return sgd
-
-    if _updates_as(optimizer, keras.optimizers.Adam):
-        beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
-        epsilon, amsgrad = optimizer.epsilon, optimizer.amsgrad
-        first = [optimizer._momentums[i].value for i in index]
-        second = [optimizer._velocities[i].value for i in index]
-        hats = ([optimizer._velocity_hats[i].value for i in index]
-                if amsgrad else None)
-        dtype, device = values[0].dtype, values[0].device
-        beta_1_t = torch.tensor(beta_1, dtype=dtype, device=device)
-        beta_2_t = torch.tensor(beta_2, dtype=dtype, device=device)
-
-        def adam(grads, rates, scalars):
-            step = (optimizer.iterations + 1).to(dtype)
-            alphas = scalars(rates.to(dtype) * torch.sqrt(1 - torch.pow(beta_2_t, step))
-                             / (1 - torch.pow(beta_1_t, step)))
-            torch._foreach_mul_(first, beta_1)
-            torch._foreach_add_(first, grads, alpha=1 - beta_1)
-            torch._foreach_mul_(second, beta_2)
-            torch._foreach_add_(second, torch._foreach_mul(grads, grads),
-                                alpha=1 - beta_2)
-            denominators = second
-            if amsgrad:
-                torch._foreach_maximum_(hats, second)
-                denominators = hats
-            torch._foreach_add_(
-                values,
-                torch._foreach_div(
-                    torch._foreach_mul(first, alphas),
-                    torch._foreach_add(torch._foreach_sqrt(denominators), epsilon),
-                ),
-                alpha=-1,
-            )
-
-        return adam
-    return None
-
-
-def pause_form(optimizer):
-    """What a multiplier of 0 does to a variable's optimizer state.
-
-    A paused variable never moves. Its state follows the variable's own copy
-    of the optimizer at learning rate 0 wherever that is well defined:
-
-    Returns:
-        - `"rate"`: the update at rate 0 leaves the variable exactly where it
-          is and moves the state as that copy's (the optimizers of
-          `rate_form`, and RMSprop: Adam's moments keep tracking the
-          gradients, so its bias correction is right when the variable
-          resumes). Keras's SGD and RMSprop with momentum keep the rate inside
-          their momentum, a velocity in the variable's own units: it is
-          cleared when the pause begins (`velocity_slots`), and at rate 0 it
-          stays 0, as the velocity of a variable that does not move.
-        - `"hold"`: anything else (Ftrl divides by the rate; a subclass may do
-          anything): the variable and its state are both held.
-    """
-    if rate_form(optimizer) or _updates_as(optimizer, keras.optimizers.RMSprop):
-        return "rate"
-    return "hold"
 
 
 def velocity_slots(optimizer, variables):
@@ -384,17 +316,32 @@ def velocity_slots(optimizer, variables):
     Returns:
         A list per variable: its velocity slot, or nothing.
     """
-    slots = None
-    if _updates_as(optimizer, keras.optimizers.SGD) and optimizer.momentum:
-        slots = optimizer.momentums
-    elif _updates_as(optimizer, keras.optimizers.RMSprop) and optimizer.momentum:
-        slots = optimizer._momentums
-    if not slots:
-        return [[] for _ in variables]
-    return [[slots[optimizer._get_variable_index(v)]] for v in variables]
+    if updates_as(optimizer, keras.optimizers.SGD) and optimizer.momentum:
+        return [[slot] for slot in sgd_momentums(optimizer, variables)]
+    if updates_as(optimizer, keras.optimizers.RMSprop) and optimizer.momentum:
+        return [[slot] for slot in _slots(optimizer, "_momentums", variables)]
+    return [[] for _ in variables]
 
 
-def _updates_as(optimizer, cls):
+def sgd_momentums(optimizer, variables):
+    """Keras SGD's momentum slot of each of `variables`."""
+    return _slots(optimizer, "momentums", variables)
+
+
+def adam_moments(optimizer, variables):
+    """Keras Adam's first moments, second moments and AMSGrad maxima (None
+    without AMSGrad) of each of `variables`, as three lists."""
+    return (_slots(optimizer, "_momentums", variables),
+            _slots(optimizer, "_velocities", variables),
+            _slots(optimizer, "_velocity_hats", variables) if optimizer.amsgrad else None)
+
+
+def _slots(optimizer, name, variables):
+    slots = _hook(optimizer, name)
+    return [slots[optimizer._get_variable_index(v)] for v in variables]
+
+
+def updates_as(optimizer, cls):
     """Whether `optimizer` is a `cls` that updates with `cls`'s own math: its
     `update_step`, and on torch a fused `_parallel_update_step` from Keras."""
     fused = getattr(type(optimizer), "_parallel_update_step", None)
@@ -474,7 +421,9 @@ def called_from_keras_torch_train_step(max_depth=16):
     """
     from keras.src.backend.torch import trainer
 
-    target = trainer.TorchTrainer.train_step.__code__
+    # Named `Trainer` from Keras 3.16 on.
+    cls = getattr(trainer, "TorchTrainer", None) or _hook(trainer, "Trainer")
+    target = cls.train_step.__code__
     frame = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:

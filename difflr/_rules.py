@@ -11,15 +11,27 @@ rule that covers it, in this order (most specific first):
 
 Two rules of the same rank that disagree on one variable are an error, never
 "first match wins". So is a rule that covers no trainable variable.
+
+`RuleMaps` holds an optimizer's two maps (learning-rate and decay
+multipliers) and resolves both into a `Resolution`. Parsing, merging and
+resolving are linear in the number of rules and variables, but for regular
+expressions and callables, which are tried on every variable.
 """
 
+import collections
 import math
 import numbers
 import re
 
 import keras
 
+from difflr import _checks
+from difflr import _declarations
 from difflr import _keras_compat
+
+# What a rule map gives, as its messages name it.
+LR = "learning-rate multiplier"
+DECAY = "decay multiplier"
 
 # Ranks, most specific first. "saved" is the per-variable table a loaded
 # optimizer carries for rules that could not be saved as such (objects,
@@ -31,8 +43,7 @@ _RANK_NAMES = ("variable", "layer", "exact path", "regex", "layer class",
 
 def check_value(value, what, culprit):
     """Returns `value` as a float, or raises naming `culprit`."""
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):
-        value = value.item()  # a 0-d NumPy array or tensor
+    value = _checks.scalar(value)  # a 0-d NumPy array or tensor
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"The {what} for {culprit} must be a non-negative finite number; "
@@ -74,10 +85,13 @@ class Rule:
             value, what, self.describe()
         )
 
-    def same_key(self, other):
+    @property
+    def identity(self):
+        """Equal for two rules with the same key: the object itself for
+        variables, layers and callables, else the key's type and value."""
         if self.kind in (VARIABLE, LAYER, CALLABLE):
-            return self.key is other.key
-        return type(self.key) is type(other.key) and self.key == other.key
+            return ("object", id(self.key))
+        return (type(self.key), self.key)
 
     def describe(self):
         if self.kind == VARIABLE:
@@ -112,19 +126,19 @@ def parse(rules, what):
             f"pairs) mapping rules to numbers; received "
             f"{type(rules).__name__}."
         )
-    parsed = []
+    parsed = {}
     for key, value in items:
         rule = Rule(key, value, what)
-        if any(rule.same_key(other) for other in parsed):
+        if rule.identity in parsed:
             raise ValueError(f"The {what} {rule.describe()} is given twice.")
-        parsed.append(rule)
-    return parsed
+        parsed[rule.identity] = rule
+    return list(parsed.values())
 
 
 def merge(old_rules, new_rules):
     """`old_rules` with each rule of `new_rules` replacing its namesake."""
-    merged = [r for r in old_rules if not any(r.same_key(n) for n in new_rules)]
-    return merged + list(new_rules)
+    replaced = {rule.identity for rule in new_rules}
+    return [r for r in old_rules if r.identity not in replaced] + list(new_rules)
 
 
 def _sample_paths(variables, count=6):
@@ -171,133 +185,166 @@ def _most_specific(candidates):
     return innermost
 
 
-def resolve(variables, rules, what, model=None, saved=None, declared_attr=None):
+class _Variables:
+    """The trainable variables being resolved, indexed by identity and path."""
+
+    def __init__(self, variables, model):
+        self.list = variables
+        self.model = model
+        self.position = {id(v): i for i, v in enumerate(variables)}
+        self._by_path = None
+
+    def with_path(self, path):
+        if self._by_path is None:
+            self._by_path = {}
+            for i, v in enumerate(self.list):
+                self._by_path.setdefault(v.path, []).append(i)
+        return self._by_path.get(path, [])
+
+    def positions(self, layer_variables):
+        return [self.position[id(v)] for v in layer_variables
+                if id(v) in self.position]
+
+
+# One function per kind of rule: each returns the rule's candidates as
+# (position, _Candidate) pairs, or raises if the rule matches nothing.
+
+def _variable_claims(rule, variables):
+    if id(rule.key) not in variables.position:
+        raise _no_match(rule, variables.list, "it is not a trainable variable "
+                        "of the model: is its layer trainable=False?")
+    return [(variables.position[id(rule.key)],
+             _Candidate(VARIABLE, rule, rule.value))]
+
+
+def _layer_claims(rule, variables):
+    layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(rule.key))
+    candidate = _Candidate(LAYER, rule, rule.value, layer_ids)
+    claims = [(i, candidate) for i in variables.positions(rule.key.trainable_variables)]
+    if not claims:
+        why = ("it has no trainable variables: is it built, and trainable?"
+               if not rule.key.trainable_variables else
+               "its variables are not among the model's trainable ones")
+        raise _no_match(rule, variables.list, why)
+    return claims
+
+
+def _path_claims(rule, variables):
+    """An exact path first; else the key is a regular expression."""
+    exact = variables.with_path(rule.key)
+    if len(exact) > 1:
+        raise ValueError(
+            f"The {rule.what} rule '{rule.key}' names {len(exact)} variables "
+            "with that same path (sub-models with equally named layers). Use "
+            "the layer or variable object as the key instead, so that it is "
+            "clear which one you mean."
+        )
+    if exact:
+        return [(exact[0], _Candidate(PATH, rule, rule.value))]
+    try:
+        pattern = re.compile(rule.key)
+    except re.error as e:
+        raise ValueError(
+            f"The {rule.what} rule '{rule.key}' is neither the path of a "
+            f"trainable variable nor a valid regular expression ({e}). "
+            f"Trainable variables are, for example: "
+            f"{_sample_paths(variables.list)}."
+        ) from None
+    candidate = _Candidate(REGEX, rule, rule.value)
+    claims = [(i, candidate) for i, v in enumerate(variables.list)
+              if pattern.fullmatch(v.path)]
+    if not claims:
+        raise _no_match(rule, variables.list, "no variable path equals it or "
+                        "full-matches it as a regular expression")
+    return claims
+
+
+def _class_claims(rule, variables):
+    if variables.model is None:
+        raise ValueError(
+            f"The {rule.what} {rule.describe()} needs the model's layers, and "
+            "difflr could not find the model. Build the optimizer through "
+            "`model.compile(optimizer=...)` and `model.fit`, or call "
+            "`optimizer.build(model.trainable_variables)` yourself."
+        )
+    claims = []
+    for layer in _keras_compat.nested_layers(variables.model):
+        if isinstance(layer, rule.key):
+            layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
+            candidate = _Candidate(CLASS, rule, rule.value, layer_ids, rule.key)
+            claims += [(i, candidate)
+                       for i in variables.positions(layer.trainable_variables)]
+    if not claims:
+        raise _no_match(rule, variables.list, "the model has no trainable "
+                        f"layer of class {rule.key.__name__}")
+    return claims
+
+
+def _callable_claims(rule, variables):
+    claims = []
+    for i, v in enumerate(variables.list):
+        value = rule.key(v)
+        if value is not None:
+            value = check_value(value, rule.what,
+                                f"{rule.describe()} on variable '{v.path}'")
+            claims.append((i, _Candidate(CALLABLE, rule, value)))
+    if not claims:
+        raise _no_match(rule, variables.list, "it returned None for every variable")
+    return claims
+
+
+_CLAIMS = {VARIABLE: _variable_claims, LAYER: _layer_claims, PATH: _path_claims,
+           CLASS: _class_claims, CALLABLE: _callable_claims}
+
+
+def _decide(variable, candidates):
+    """The value and source of the most specific of `candidates`."""
+    top = min(c.rank for c in candidates)
+    best = _most_specific([c for c in candidates if c.rank == top])
+    if len({c.value for c in best}) > 1:
+        a, b = best[0], next(c for c in best if c.value != best[0].value)
+        raise ValueError(
+            f"Two {_RANK_NAMES[top]} rules disagree on variable "
+            f"'{variable.path}': {a.rule.describe()} gives {a.value} and "
+            f"{b.rule.describe()} gives {b.value}. Give the variable (or its "
+            "innermost layer) a rule of its own to settle it."
+        )
+    return best[0].value, best[0].rule.describe()
+
+
+def resolve(variables, rules, model=None, saved=None, declared=None):
     """Resolves `rules` to one value per variable.
 
     Args:
         variables: the trainable variables, in the optimizer's order.
         rules: a list of `Rule`s.
-        what: "learning-rate multiplier" or "decay multiplier", for messages.
         model: the model owning the variables, or None if unknown (only
             layer-class rules need it).
         saved: optional list of values per variable (the saved resolution).
-        declared_attr: the variable attribute holding a layer declaration.
+        declared: optional function `variable -> value | None`, the layer's
+            own declaration (`difflr.layers`).
 
     Returns:
         A tuple `(values, sources)`: a float per variable, and for each the
         description of the rule that decided it ("default" if none did).
     """
-    position = {id(v): i for i, v in enumerate(variables)}
-    claims = [[] for _ in variables]
-
-    def claim(index, candidate):
-        claims[index].append(candidate)
-
+    indexed = _Variables(list(variables), model)
+    claims = [[] for _ in indexed.list]
     for rule in rules:
-        matched = 0
-        if rule.kind == VARIABLE:
-            if id(rule.key) not in position:
-                raise _no_match(rule, variables, "it is not a trainable variable "
-                                "of the model: is its layer trainable=False?")
-            claim(position[id(rule.key)], _Candidate(VARIABLE, rule, rule.value))
-        elif rule.kind == LAYER:
-            layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(rule.key))
-            for v in rule.key.trainable_variables:
-                if id(v) in position:
-                    claim(position[id(v)], _Candidate(LAYER, rule, rule.value, layer_ids))
-                    matched += 1
-            if not matched:
-                why = ("it has no trainable variables: is it built, and "
-                       "trainable?" if not rule.key.trainable_variables else
-                       "its variables are not among the model's trainable ones")
-                raise _no_match(rule, variables, why)
-        elif rule.kind == PATH:
-            exact = [i for i, v in enumerate(variables) if v.path == rule.key]
-            if len(exact) > 1:
-                raise ValueError(
-                    f"The {what} rule '{rule.key}' names {len(exact)} "
-                    "variables with that same path (sub-models with equally "
-                    "named layers). Use the layer or variable object as the key "
-                    "instead, so that it is clear which one you mean."
-                )
-            if exact:
-                claim(exact[0], _Candidate(PATH, rule, rule.value))
-                matched = 1
-            else:
-                try:
-                    pattern = re.compile(rule.key)
-                except re.error as e:
-                    raise ValueError(
-                        f"The {what} rule '{rule.key}' is neither the path of "
-                        f"a trainable variable nor a valid regular expression "
-                        f"({e}). Trainable variables are, for example: "
-                        f"{_sample_paths(variables)}."
-                    ) from None
-                for i, v in enumerate(variables):
-                    if pattern.fullmatch(v.path):
-                        claim(i, _Candidate(REGEX, rule, rule.value))
-                        matched += 1
-                if not matched:
-                    raise _no_match(rule, variables, "no variable path equals it "
-                                    "or full-matches it as a regular expression")
-        elif rule.kind == CLASS:
-            if model is None:
-                raise ValueError(
-                    f"The {what} {rule.describe()} needs the model's layers, "
-                    "and difflr could not find the model. Build the optimizer "
-                    "through `model.compile(optimizer=...)` and `model.fit`, or "
-                    "call `optimizer.build(model.trainable_variables)` yourself."
-                )
-            for layer in _keras_compat.nested_layers(model):
-                if not isinstance(layer, rule.key):
-                    continue
-                layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
-                for v in layer.trainable_variables:
-                    if id(v) in position:
-                        claim(position[id(v)], _Candidate(
-                            CLASS, rule, rule.value, layer_ids, rule.key))
-                        matched += 1
-            if not matched:
-                raise _no_match(rule, variables, "the model has no trainable "
-                                f"layer of class {rule.key.__name__}")
-        elif rule.kind == CALLABLE:
-            for i, v in enumerate(variables):
-                value = rule.key(v)
-                if value is not None:
-                    value = check_value(value, what, f"{rule.describe()} on "
-                                        f"variable '{v.path}'")
-                    claim(i, _Candidate(CALLABLE, rule, value))
-                    matched += 1
-            if not matched:
-                raise _no_match(rule, variables, "it returned None for every "
-                                "variable")
-
+        for position, candidate in _CLAIMS[rule.kind](rule, indexed):
+            claims[position].append(candidate)
     values, sources = [], []
-    for i, v in enumerate(variables):
-        candidates = claims[i]
-        if candidates:
-            top = min(c.rank for c in candidates)
-            best = _most_specific([c for c in candidates if c.rank == top])
-            distinct = {c.value for c in best}
-            if len(distinct) > 1:
-                a, b = best[0], next(c for c in best if c.value != best[0].value)
-                raise ValueError(
-                    f"Two {_RANK_NAMES[top]} rules disagree on variable "
-                    f"'{v.path}': {a.rule.describe()} gives {a.value} and "
-                    f"{b.rule.describe()} gives {b.value}. Give the variable "
-                    "(or its innermost layer) a rule of its own to settle it."
-                )
-            values.append(best[0].value)
-            sources.append(best[0].rule.describe())
+    for i, v in enumerate(indexed.list):
+        if claims[i]:
+            value, source = _decide(v, claims[i])
         elif saved is not None and saved[i] is not None:
-            values.append(saved[i])
-            sources.append("saved with the model")
-        elif declared_attr and getattr(v, declared_attr, None) is not None:
-            values.append(getattr(v, declared_attr))
-            sources.append("layer declaration")
+            value, source = saved[i], "saved with the model"
+        elif declared is not None and declared(v) is not None:
+            value, source = declared(v), "layer declaration"
         else:
-            values.append(1.0)
-            sources.append("default")
+            value, source = 1.0, "default"
+        values.append(value)
+        sources.append(source)
     return values, sources
 
 
@@ -325,15 +372,6 @@ def from_config(pairs, custom_objects=None):
     return rules
 
 
-def needs_resolution_to_save(rules):
-    """Whether some rule can only be saved in resolved form."""
-    return any(
-        r.kind in (VARIABLE, LAYER, CALLABLE)
-        or (r.kind == CLASS and _class_name(r.key) is None)
-        for r in rules
-    )
-
-
 def _class_name(cls):
     if getattr(keras.layers, cls.__name__, None) is cls:
         return f"keras.layers.{cls.__name__}"
@@ -355,3 +393,57 @@ def _class_from_name(name, custom_objects=None):
             "(decorated with @keras.saving.register_keras_serializable) first."
         )
     return cls
+
+
+Resolution = collections.namedtuple(
+    "Resolution", ["multipliers", "decay_multipliers", "sources", "decay_sources"])
+Resolution.__doc__ = """The rules resolved for a list of variables.
+
+Each field holds one entry per variable, in the order given: its
+learning-rate multiplier, its decay multiplier, and the description of the
+rule that decided each (`"layer 'body' (Dense)"`, `"rule 'head/.*'"`,
+`"saved with the model"`, `"layer declaration"`, `"default"`, ...).
+"""
+
+
+class RuleMaps:
+    """An optimizer's two rule maps, learning-rate and decay multipliers.
+
+    Immutable: `merged` returns new maps, so that a failed change leaves the
+    old ones in force.
+    """
+
+    def __init__(self, multipliers=None, decay_multipliers=None):
+        self.lr = parse(multipliers, LR)
+        self.decay = parse(decay_multipliers, DECAY)
+
+    def merged(self, multipliers=None, decay_multipliers=None):
+        """These maps with the given rules replacing those with their keys."""
+        new = RuleMaps(multipliers, decay_multipliers)
+        new.lr = merge(self.lr, new.lr)
+        new.decay = merge(self.decay, new.decay)
+        return new
+
+    def resolve(self, variables, model=None, saved=None):
+        """A `Resolution` of `variables` (the most specific rule wins, then
+        `saved`, a `(multipliers, decay_multipliers)` table per variable,
+        then the layers' declarations, then 1.0)."""
+        saved_lr, saved_decay = saved if saved is not None else (None, None)
+        lr, lr_sources = resolve(variables, self.lr, model, saved_lr,
+                                 _declarations.declared_lr)
+        decay, decay_sources = resolve(variables, self.decay, model, saved_decay,
+                                       _declarations.declared_decay)
+        return Resolution(lr, decay, lr_sources, decay_sources)
+
+    def needs_resolution_to_save(self):
+        """Whether some rule can only be saved in resolved form."""
+        return any(
+            r.kind in (VARIABLE, LAYER, CALLABLE)
+            or (r.kind == CLASS and _class_name(r.key) is None)
+            for r in self.lr + self.decay
+        )
+
+    def to_config(self):
+        """The savable rules, as `(multipliers, decay_multipliers)` lists of
+        JSON-ready pairs (`to_config` of each map)."""
+        return to_config(self.lr), to_config(self.decay)

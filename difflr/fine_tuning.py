@@ -4,10 +4,11 @@ import keras
 import numpy as np
 
 from difflr import _checks
+from difflr import _unfreezing
 from difflr import grouping
 from difflr import recipes
-from difflr.callbacks.gradual_unfreezing import GradualUnfreezing
 from difflr.lr_multiplier import find_lr_multiplier
+from difflr.schedules import _curves
 from difflr.schedules.one_cycle import OneCycle
 
 _WHO = "difflr.fine_tune"
@@ -177,9 +178,9 @@ def fine_tune(model, x=None, y=None, *, epochs, base_lr=2e-3, freeze_epochs=1,
     for (rates, first, last), kwargs in zip(phases, one_cycles):
         if first == last:
             continue
-        unfreezing = GradualUnfreezing(groups, schedule=schedule,
-                                       multipliers=rates, train_bn=train_bn)
-        unfreezing._who = _WHO
+        unfreezing = _unfreezing.Unfreezing(
+            groups, every=None, schedule=schedule, multipliers=rates,
+            ramp_epochs=0, train_bn=train_bn, verbose=0, who=_WHO)
         histories.append(model.fit(
             x, y, initial_epoch=first, epochs=last,
             callbacks=[unfreezing, _BaseRateOneCycle(last - first, kwargs)]
@@ -215,7 +216,8 @@ class _BaseRateOneCycle(keras.callbacks.Callback):
         schedule = OneCycle(total_steps=total, **self.one_cycle_kwargs)
         # On the host, in NumPy: one backend op per step would be slow, and
         # JAX would compile each op anew for every length.
-        self._rates = schedule._rate(np, np.arange(total, dtype="float32")).tolist()
+        self._rates = _curves.one_cycle(np, np.arange(total, dtype="float32"),
+                                        schedule).tolist()
         self._step = 0
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -7,20 +7,14 @@ executes, counted rather than timed: difflr must add a constant, not one
 kernel or one fused call per variable or per multiplier.
 """
 
-import os
-import sys
-
 import numpy as np
 import pytest
 import keras
 
 import difflr
 from conftest import assert_close, backend, to_numpy
+from difflr import _executed
 from difflr._selfcheck import OPTIMIZERS, gradients, run_reference, run_wrapped
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-import _common  # noqa: E402
-import op_counts  # noqa: E402
 
 SHAPES = [(3, 4), (4,), (2, 3), (5,), (3,)]
 LR_MULTS = [50.0, 1e-4, 1.0, 3.0, 0.5]
@@ -60,12 +54,50 @@ def test_a_sparse_write_is_guarded_while_paused():
 
 
 COUNT_OPTIONS = {"layers": 6, "width": 8, "batch": 8, "optimizers": ["Adam", "AdamW", "SGD"],
-                 "counts": [1, 12], "multi_count": 4}
+                 "counts": [1, 12]}
+
+
+def _mlp(layers, width):
+    """An optimizer-bound model: many small Dense layers."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((width,))
+    x = inputs
+    for i in range(layers):
+        x = keras.layers.Dense(width, activation="tanh", name=f"l{i}")(x)
+    return keras.Model(inputs, x)
+
+
+def _optimizer(name):
+    if name == "AdamW":
+        return keras.optimizers.AdamW(1e-3, weight_decay=0.01)
+    if name == "SGD":
+        return keras.optimizers.SGD(1e-3, momentum=0.9)
+    return getattr(keras.optimizers, name)(1e-3)
 
 
 @pytest.fixture(scope="module")
 def counts():
-    return op_counts.measure(COUNT_OPTIONS)
+    """Per optimizer, what a step executes: plain, and difflr with `k`
+    distinct multipliers dealt out over the variables."""
+    layers, width, batch = (COUNT_OPTIONS[k] for k in ("layers", "width", "batch"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, width)).astype("float32")
+    y = rng.normal(size=(batch, width)).astype("float32")
+    results = {}
+    for name in COUNT_OPTIONS["optimizers"]:
+        row = {}
+        for k in [0] + COUNT_OPTIONS["counts"]:
+            model = _mlp(layers, width)
+            opt = _optimizer(name)
+            if k:
+                values = [0.5 ** (j / 4) for j in range(k)]
+                opt = difflr.LRMultiplier(opt, [
+                    (v, values[i % k]) for i, v in enumerate(model.trainable_variables)])
+            model.compile(optimizer=opt, loss="mse")
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+            row[f"difflr@{k}" if k else "plain"] = _executed.count(model, x, y)
+        results[name] = row
+    return results
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
@@ -92,14 +124,6 @@ def test_the_wrapper_adds_a_constant_not_work_per_variable(counts, name):
         assert row["difflr@12"]["foreach"] == plain, row
 
 
-def test_the_benchmark_helpers_deal_out_distinct_multipliers():
-    model = _common.mlp(3, 4)
-    pairs = _common.assignment(model, 4)
-    assert [m for _, m in pairs] == _common.distinct_multipliers(4) + \
-        _common.distinct_multipliers(4)[:2]
-    assert len(set(_common.distinct_multipliers(25))) == 25
-
-
 @pytest.mark.skipif(backend() != "torch", reason="the fused torch update")
 def test_few_groups_of_large_tensors_take_one_call_per_group():
     """The step form's (Adamax's) extra passes cost more than one more call
@@ -119,9 +143,9 @@ def test_few_groups_of_large_tensors_take_one_call_per_group():
     step = [torch.ones(s) for s in shapes]
     with profile() as prof:
         opt.apply(step, wrapped)
-    fused = op_counts._count_events(prof.events())["foreach"]
+    fused = _executed.count_events(prof.events())["foreach"]
     plain = keras.optimizers.Adamax(0.01, weight_decay=0.05)
     plain.build(wrapped)
     with profile() as prof:
         plain.apply(step, wrapped)
-    assert fused == 2 * op_counts._count_events(prof.events())["foreach"] - 1  # one decay call
+    assert fused == 2 * _executed.count_events(prof.events())["foreach"] - 1  # one decay call

@@ -1,5 +1,7 @@
 """Training through model.compile / model.fit, compiled, on every backend."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import keras
@@ -94,16 +96,31 @@ def _fit_with_freeze_at_batch_2(run_eagerly, count_traces=False):
                               {"body/.*": 0.5})
     model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
     traces = []
-    if count_traces:
-        original = opt._decay_and_update
-        def counting(*args):
-            traces.append(1)
-            return original(*args)
-        opt._decay_and_update = counting
     freeze = _SetAtBatch(2, "body", 0.0)
     freeze.traces = traces
-    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0, callbacks=[freeze])
+    with _counting_updates(traces) if count_traces else contextlib.nullcontext():
+        model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[freeze])
     return model, opt, freeze, traces
+
+
+@contextlib.contextmanager
+def _counting_updates(traces):
+    """Appends to `traces` each time a variable's update runs in Python: in a
+    compiled step, each time it is traced."""
+    from difflr._update import compiled
+
+    original = compiled.CompiledUpdate._update
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    compiled.CompiledUpdate._update = counting
+    try:
+        yield
+    finally:
+        compiled.CompiledUpdate._update = original
 
 
 def test_set_multipliers_inside_compiled_fit_takes_effect_next_step_without_retracing():

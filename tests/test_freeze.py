@@ -73,12 +73,11 @@ def test_setting_zero_later_stops_the_variable_from_the_next_step(name):
     _apply(opt, variables, grads[:2])
     opt.set_multipliers([(variables[0], 0.0)])
     frozen_at = to_numpy(variables[0]).copy()
-    index = opt._active_index[opt.inner_optimizer._var_key(variables[0])]
-    slots_at = [to_numpy(s).copy() for s in opt._slots[index]]
+    slots = opt._layout.slots[opt._layout.index_of(variables[0])]
+    slots_at = [to_numpy(s).copy() for s in slots]
     _apply(opt, variables, grads[2:])
     np.testing.assert_array_equal(to_numpy(variables[0]), frozen_at)
     assert opt.multiplier_for(variables[0]) == 0.0
-    slots = opt._slots[index]
     if name in HELD_STATE:
         for slot, value in zip(slots, slots_at):
             np.testing.assert_array_equal(to_numpy(slot), value)

@@ -153,3 +153,33 @@ def test_a_fresh_process_loads_with_only_import_difflr(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     expected = [opt.multiplier_for(v) for v in model.trainable_variables]
     assert out.stdout.strip().splitlines()[-1] == f"LRMultiplier {expected}"
+
+
+def test_a_file_saved_before_the_restructuring_loads_and_trains_on():
+    """`tests/data/saved_v0_1_0.keras` was saved by difflr 0.1.0 before its
+    internals moved (see `make_saved_v0_1_0.py`): its weights, optimizer
+    state and multipliers load as saved, and training goes on as that
+    version's own code went on (the paused layer stays put)."""
+    import json
+    import pathlib
+
+    data = pathlib.Path(__file__).resolve().parent / "data"
+    expected = json.loads((data / "saved_v0_1_0.json").read_text())
+    model = keras.models.load_model(data / "saved_v0_1_0.keras")
+    opt = model.optimizer
+    for v in model.weights:
+        np.testing.assert_array_equal(to_numpy(v), np.float32(expected["weights"][v.path]))
+    assert len(opt.variables) == len(expected["optimizer_variables"])
+    for v, value in zip(opt.variables, expected["optimizer_variables"]):
+        np.testing.assert_array_equal(to_numpy(v), np.asarray(value, to_numpy(v).dtype))
+    for v in model.trainable_variables:
+        assert opt.multiplier_for(v) == expected["multipliers"][v.path]
+        assert opt.decay_multiplier_for(v) == expected["decay_multipliers"][v.path]
+    assert opt.get_config()["saved_resolution"] == expected["config"]
+    x, y = np.float32(expected["x"]), np.float32(expected["y"])
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    after = expected["weights_after_one_more_epoch"]
+    for v in model.weights:
+        if v.path.startswith("middle/"):
+            np.testing.assert_array_equal(to_numpy(v), np.float32(after[v.path]))
+        assert_close(v, np.float32(after[v.path]), what=v.path)

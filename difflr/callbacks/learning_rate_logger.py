@@ -4,8 +4,8 @@ import warnings
 
 import keras
 
+from difflr import _table
 from difflr import grouping
-from difflr.inspection import _inspect
 
 _WHO = "LearningRateLogger"
 # Next to Keras's own "learning_rate"; TensorBoard shows the groups together.
@@ -104,13 +104,13 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model  # on JAX this syncs the training state
         # On TensorFlow the optimizer is built when the first step is traced,
-        # after this: `_inspect` then previews the rules as the build will.
+        # after this: `_table.table` then previews the rules as the build will.
         groups = self.groups
         if groups is None:
             groups = grouping.groups(model)
-        rows = _inspect(model, None, groups, _WHO, sources=False,
+        rows = _table.table(model, None, groups, _WHO, sources=False,
                         complete=False)["rows"]
-        count = len(groups)  # checked by `_inspect`
+        count = len(groups)  # checked by `_table.table`
         if self.names is not None and len(self.names) != count:
             raise ValueError(
                 f"{_WHO}: {len(self.names)} names {self.names!r} for {count} "
@@ -139,7 +139,7 @@ class LearningRateLogger(keras.callbacks.Callback):
             self.on_train_begin()
         # Through `self.model` each time: on JAX that syncs the optimizer's
         # variables (the base rate, `iterations`) from the training state.
-        rows = _inspect(self.model, None, self._groups, _WHO, sources=False,
+        rows = _table.table(self.model, None, self._groups, _WHO, sources=False,
                         complete=False)["rows"]
         for g, key in enumerate(self._keys):
             logs[key] = max(r["effective_lr"] for r in rows if r["group"] == g)

@@ -11,11 +11,8 @@ import warnings
 
 import keras
 
+from difflr import _declarations
 from difflr import _rules
-from difflr import lr_multiplier
-from difflr.lr_multiplier import CLAIMED_ATTR
-from difflr.lr_multiplier import DECLARED_DECAY_ATTR
-from difflr.lr_multiplier import DECLARED_LR_ATTR
 
 _ARGS = ("kernel_lr_multiplier", "bias_lr_multiplier",
          "kernel_decay_multiplier", "bias_decay_multiplier")
@@ -52,12 +49,9 @@ class DeclaresMultipliers:
         bias = getattr(self, "bias", None)
         for variable in self.trainable_variables:
             part = "bias" if variable is bias else "kernel"
-            lr = getattr(self, f"{part}_lr_multiplier")
-            decay = getattr(self, f"{part}_decay_multiplier")
-            if lr is not None:
-                setattr(variable, DECLARED_LR_ATTR, lr)
-            if decay is not None:
-                setattr(variable, DECLARED_DECAY_ATTR, decay)
+            _declarations.declare(variable,
+                                  lr=getattr(self, f"{part}_lr_multiplier"),
+                                  decay=getattr(self, f"{part}_decay_multiplier"))
 
     def call(self, inputs, training=None):
         if training and not self._difflr_warned:
@@ -68,9 +62,8 @@ class DeclaresMultipliers:
 
     def _warn_if_unclaimed(self):
         declares = any(getattr(self, name) is not None for name in _ARGS)
-        claimed = all(getattr(v, CLAIMED_ATTR, False)
-                      for v in self.trainable_variables)
-        if not claimed and lr_multiplier.any_unbuilt():
+        claimed = all(_declarations.claimed(v) for v in self.trainable_variables)
+        if not claimed and _declarations.any_pending():
             return  # an LRMultiplier may build later in this very step: ask again
         self._difflr_warned = True
         if declares and not claimed:

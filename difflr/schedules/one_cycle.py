@@ -1,9 +1,8 @@
-import math
-
 import keras
 from keras import ops
 
 from difflr import _checks
+from difflr.schedules import _curves
 
 
 @keras.saving.register_keras_serializable(package="difflr")
@@ -80,20 +79,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            return self._rate(ops, ops.cast(step, "float32"))
-
-    def _rate(self, xp, step):
-        """The rate at float32 `step`s, with `xp` either `keras.ops` or
-        NumPy: `difflr.fine_tune` lays out a whole cycle on the host."""
-        pos = xp.minimum(step / float(self.total_steps), 1.0)
-        peak, start = self.max_lr, self.max_lr / self.div
-        end = self.max_lr / self.div_final
-        # With pct_start == 0 the rising phase is never selected; the
-        # substitute divisor only keeps its (unused) branch finite.
-        rising = _cos_anneal(xp, start, peak, pos / (self.pct_start or 1.0))
-        falling = _cos_anneal(
-            xp, peak, end, (pos - self.pct_start) / (1.0 - self.pct_start))
-        return xp.where(xp.less(pos, self.pct_start), rising, falling)
+            return _curves.one_cycle(ops, ops.cast(step, "float32"), self)
 
     def get_config(self):
         return {
@@ -104,17 +90,3 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             "div_final": self.div_final,
             "name": self.name,
         }
-
-
-def _cos_anneal(xp, start, end, fraction):
-    """fastai's `sched_cos`: from `start` at 0 to `end` at 1, cosine-shaped.
-
-    `start + (1 + cos(pi * (1 - x))) * (end - start) / 2`, written as
-    `start * sin(h)**2 + end * cos(h)**2` with `h = pi * (1 - x) / 2`: the
-    same number, but a sum of two non-negative terms, so that float32 keeps
-    its relative precision near a tiny `end` (`max_lr / 1e5`) instead of
-    cancelling `start - start`.
-    """
-    half_angle = (math.pi / 2.0) * (1.0 - fraction)
-    return (start * xp.square(xp.sin(half_angle))
-            + end * xp.square(xp.cos(half_angle)))

@@ -1,0 +1,123 @@
+"""Saving and loading an `LRMultiplier`: its config and its saved resolution.
+
+The config has the keys `name`, `optimizer` (the wrapped optimizer,
+serialized by Keras), `multipliers` and `decay_multipliers` (the rules that
+can be saved as such: strings and registered layer classes),
+`keep_frozen_state` and `saved_resolution`. Files saved by every earlier
+version load: these keys do not change.
+
+Once the optimizer is built, its resolution is what counts, so it is saved
+instead of the rules (`SavedResolution`): rules whose keys are objects or
+callables cannot be saved, and Keras gives variables new paths when a model
+is loaded, so path rules could match differently. The table is matched to
+the variables by position and shape when the loaded optimizer builds, and
+ranks below every rule given since (`difflr._rules`). It also says which
+variables had optimizer state, so that the state of a variable paused when
+saved loads (`difflr._pause.tracked_positions`).
+
+The multiplier vectors themselves are optimizer variables, saved and loaded
+by Keras with the others; the host-side values are read back from them
+(`_state.Multipliers.read`).
+"""
+
+import keras
+
+from difflr import _rules
+
+
+class SavedResolution:
+    """The multipliers of a built optimizer, one entry per trainable variable.
+
+    Attributes:
+        paths, shapes: of the variables when saved (the paths for messages).
+        multipliers, decay_multipliers: the values in force.
+        has_state: whether the wrapped optimizer kept state for each.
+    """
+
+    _KEYS = ("paths", "shapes", "multipliers", "decay_multipliers", "has_state")
+
+    def __init__(self, paths, shapes, multipliers, decay_multipliers, has_state=None):
+        self.paths, self.shapes = list(paths), [list(s) for s in shapes]
+        self.multipliers = list(multipliers)
+        self.decay_multipliers = list(decay_multipliers)
+        # (files saved before `has_state` existed: state only where m != 0)
+        self.has_state = list(has_state) if has_state is not None else None
+
+    @classmethod
+    def of(cls, layout, multipliers):
+        """The resolution of a built optimizer (`_state.Layout`,
+        `_state.Multipliers`)."""
+        tracked = set(layout.tracked)
+        return cls([v.path for v in layout.variables],
+                   [list(v.shape) for v in layout.variables],
+                   multipliers.lr, multipliers.decay,
+                   [i in tracked for i in range(len(layout.variables))])
+
+    def to_config(self):
+        return {key: getattr(self, key) for key in self._KEYS
+                if getattr(self, key) is not None}
+
+    @classmethod
+    def from_config(cls, config):
+        return None if config is None else cls(**config)
+
+    def tables(self, variables):
+        """`(multipliers, decay_multipliers)` for `variables`, which must be
+        the variables saved, in order."""
+        shapes = [list(v.shape) for v in variables]
+        if self.shapes != shapes:
+            raise ValueError(
+                "This LRMultiplier was saved for a model with "
+                f"{len(self.shapes)} trainable variables (first: "
+                f"{list(zip(self.paths, self.shapes))[:3]}), but it is being "
+                f"built for {len(shapes)} others (first: "
+                f"{[(v.path, s) for v, s in zip(variables, shapes)][:3]}). "
+                "Load it with the model it was saved with."
+            )
+        return self.multipliers, self.decay_multipliers
+
+
+def config(name, optimizer, rules, keep_frozen_state, resolution=None):
+    """The config of an `LRMultiplier`.
+
+    Args:
+        name: its name.
+        optimizer: the wrapped optimizer.
+        rules: its `_rules.RuleMaps`, or None for a built optimizer, whose
+            `resolution` is saved instead.
+        keep_frozen_state: its flag.
+        resolution: a `SavedResolution`: of the built optimizer, or the one
+            it was loaded with.
+    """
+    if rules is None:
+        rules = _rules.RuleMaps()
+    elif resolution is None and rules.needs_resolution_to_save():
+        raise ValueError(
+            "This LRMultiplier has rules that can only be saved once "
+            "resolved (layers, variables, callables or unregistered "
+            "classes), and it is not built yet. Build it first (fit the "
+            "model, or call `model.optimizer.build("
+            "model.trainable_variables)`), or use string rules."
+        )
+    multipliers, decay_multipliers = rules.to_config()
+    return {
+        "name": name,
+        "optimizer": keras.saving.serialize_keras_object(optimizer),
+        "multipliers": multipliers,
+        "decay_multipliers": decay_multipliers,
+        "keep_frozen_state": keep_frozen_state,
+        "saved_resolution": None if resolution is None else resolution.to_config(),
+    }
+
+
+def from_config(config, custom_objects=None):
+    """`(optimizer, arguments, resolution)` from a config: the wrapped
+    optimizer, the other constructor arguments, and the `SavedResolution`
+    (or None)."""
+    config = dict(config)
+    optimizer = keras.optimizers.deserialize(
+        config.pop("optimizer"), custom_objects=custom_objects)
+    resolution = SavedResolution.from_config(config.pop("saved_resolution", None))
+    for key in ("multipliers", "decay_multipliers"):
+        config[key] = _rules.from_config(config.get(key) or [], custom_objects)
+    return optimizer, config, resolution

@@ -1,0 +1,256 @@
+"""The update on the torch backend: eager, fused, with host-float multipliers.
+
+Keras's torch optimizers update a list of variables at once with
+`torch._foreach_*` kernels at one scalar rate (`_parallel_update_step`). A
+`Plan`, cached until the multipliers or the variables change, keeps that to a
+single fused update whatever the number of distinct multipliers:
+
+- `"rates"`: SGD, Adam and AdamW run Keras's kernels restated with the rate
+  as a per-tensor scalar (`torch_sgd`, `torch_adam`): the plain optimizer's
+  calls, no extra pass.
+- `"step"`: Adamax, Nadam, Adagrad, Adadelta, Lion and RMSprop without
+  momentum (`_keras_compat.scaling` "step") take their step at the base rate
+  in zeroed variables, which are then scaled by m and added back.
+- `"groups"`: other optimizers, and a few groups of large tensors (where the
+  step form's extra passes cost more than a call per group), run one call
+  per group of equal multipliers, as PyTorch's param groups do.
+
+The decoupled weight decay of all decayed variables is one more call,
+`v <- v * (1 - lr * m * d * weight_decay)`. A paused variable (m = 0) runs at
+rate 0 or is left out, as `difflr._pause` says.
+"""
+
+import math
+
+import torch
+
+import keras
+
+from difflr import _keras_compat
+from difflr._update import torch_adam
+from difflr._update import torch_sgd
+from difflr._update.base import FULL_PRECISION
+from difflr._update.base import decay_then_update
+
+
+class TorchUpdate:
+    """The update hooks of a built `LRMultiplier` on the torch backend."""
+
+    def __init__(self, optimizer, layout, multipliers, pause):
+        self.optimizer = optimizer
+        self.layout = layout
+        self.multipliers = multipliers
+        self.pause = pause
+        full = all(v.dtype in FULL_PRECISION for v in layout.tracked_variables)
+        self.step_form = full and _keras_compat.scaling(optimizer) == "step"
+        self._plan = None  # (signature, Plan)
+
+    def before_apply(self):
+        _refuse_unsynchronised_fit()
+
+    def after_apply(self):
+        pass
+
+    def update_step(self, original, gradient, variable, learning_rate):
+        """One variable, eagerly (optimizers without a fused update)."""
+        index = self.layout.index_of(variable)
+        if index is None:
+            return original(gradient, variable, learning_rate)
+        lr, decay = self.multipliers.on_device()
+        m = lr[index]
+        if m == 0 and self.pause.mode == "hold":
+            return
+        rate = learning_rate * m
+        weight_decay = self.layout.weight_decay[index]
+        decay_then_update(self.optimizer, original, gradient, variable, rate,
+                          None if weight_decay is None else rate * decay[index] * weight_decay)
+
+    def parallel_update_step(self, original, grads, variables, learning_rate):
+        """All variables at once: Keras's fused update, per `Plan`."""
+        plan = self.plan(variables)
+        if not plan.running:
+            self._advance_global_state(original, grads, variables, learning_rate)
+            return
+        run_grads, run_vars = grads, variables
+        if len(plan.running) < len(variables):
+            run_grads = [grads[p] for p in plan.running]
+            run_vars = [variables[p] for p in plan.running]
+        if plan.decayed:
+            factors = 1 - learning_rate * plan.decay_coefficients
+            torch._foreach_mul_(plan.decayed_values, plan.decay_scalars(factors))
+        if plan.single is not None:
+            original(run_grads, run_vars, learning_rate * plan.single)
+        elif plan.form == "rates":
+            plan.kernel(run_grads, learning_rate * plan.rates, plan.rate_scalars)
+        elif plan.form == "step":
+            moved = plan.moved_values
+            # The old values wait as -v: a copy in one call (a transient one,
+            # so training does not hold a second copy of the weights).
+            negated = torch._foreach_neg(moved)
+            torch._foreach_zero_(moved)
+            original(run_grads, run_vars, learning_rate)
+            torch._foreach_mul_(moved, plan.moved_multipliers)
+            torch._foreach_sub_(moved, negated)  # v + m * step, exactly
+        else:
+            self._update_by_group(original, plan, grads, variables, learning_rate)
+
+    def _update_by_group(self, original, plan, grads, variables, learning_rate):
+        # Per-step global state (Nadam's) advances once per step, not once
+        # per group: each group after the first starts from the step's start.
+        begin = _snapshot(self.layout.global_state if len(plan.groups) > 1 else ())
+        for k, (m, positions) in enumerate(plan.groups):
+            if k:
+                _restore(begin)
+            original([grads[p] for p in positions],
+                     [variables[p] for p in positions], learning_rate * m)
+
+    def _advance_global_state(self, original, grads, variables, learning_rate):
+        """Everything is paused, but per-step global state (Nadam's) must
+        still advance: update one variable and put it back."""
+        if not self.layout.global_state:
+            return
+        index = self.layout.index_of(variables[0])
+        kept = _snapshot([variables[0]] + self.layout.slots[index])
+        original(grads[:1], variables[:1], learning_rate)
+        _restore(kept)
+
+    def plan(self, variables):
+        """The `Plan` of one fused update of `variables`, cached until the
+        multipliers or the variables change."""
+        signature = (self.multipliers.version, tuple(map(id, variables)))
+        if self._plan is None or self._plan[0] != signature:
+            self._plan = (signature, Plan(self, variables))
+        return self._plan[1]
+
+
+class Plan:
+    """How to run one fused update of `variables`: positions in that list by
+    role, and the tensors each role needs."""
+
+    def __init__(self, update, variables):
+        lr, decay = update.multipliers.on_device()
+        layout, pause = update.layout, update.pause
+        self.running, self.multipliers = [], []
+        self.moved, self.moved_multipliers = [], []
+        self.decayed, coefficients, groups = [], [], {}
+        for p, v in enumerate(variables):
+            j = layout.index_of(v)
+            if lr[j] == 0 and pause.mode == "hold":
+                continue  # paused: no update, no decay, state held
+            self.running.append(p)
+            self.multipliers.append(lr[j])
+            groups.setdefault(lr[j], []).append(p)
+            if lr[j] != 1:
+                self.moved.append(p)
+                self.moved_multipliers.append(lr[j])
+            if layout.weight_decay[j] is not None and lr[j] != 0:
+                self.decayed.append(p)
+                coefficients.append(lr[j] * decay[j] * layout.weight_decay[j])
+        self.groups = list(groups.items())
+        self.single = self.groups[0][0] if len(self.groups) == 1 else None
+        self.form = None if self.single is not None else self._form(update, variables)
+        device = variables[0].value.device
+        if self.form == "rates":
+            self.rates = torch.tensor(self.multipliers, dtype=torch.float32, device=device)
+            self.rate_scalars = Scalars()
+        elif self.form == "step":
+            self.moved_multipliers = [
+                torch.tensor(m, dtype=variables[p].value.dtype, device=device)
+                for p, m in zip(self.moved, self.moved_multipliers)]
+        # The torch tensors behind the variables (reading `.value` costs more
+        # than the update of a small tensor).
+        self.moved_values = [variables[p].value for p in self.moved]
+        self.decayed_values = [variables[p].value for p in self.decayed]
+        if self.decayed:
+            self.decay_coefficients = torch.tensor(
+                coefficients, dtype=torch.float32,
+                device=variables[self.decayed[0]].value.device)
+            self.decay_scalars = Scalars()
+
+    def _form(self, update, variables):
+        """`"rates"`, `"step"` or `"groups"`, for more than one multiplier."""
+        self.kernel = _kernel(update.optimizer, [variables[p] for p in self.running])
+        if self.kernel is not None:
+            return "rates"
+        if not update.step_form:
+            return "groups"
+        # The step form costs 4 extra passes over the moved tensors; one call
+        # per group costs a fixed overhead per extra group. Rough costs
+        # (about 1 us per tensor, 1 ns per number, 50 us per call) pick the
+        # cheaper: the step form for many small tensors, groups for few
+        # groups of large ones.
+        numbers = sum(math.prod(variables[p].shape) for p in self.moved)
+        if 4 * (len(self.moved) + numbers / 1000) <= 50 * (len(self.groups) - 1):
+            return "step"
+        return "groups"
+
+
+class Scalars:
+    """Turns a 1-d tensor into a list of 0-d tensors, the per-tensor scalars
+    of `torch._foreach_*` (Python floats there cost a new tensor per tensor
+    per call). The 0-d tensors are views of one buffer, refilled by one copy:
+    making them anew would cost about a microsecond each per step."""
+
+    def __init__(self):
+        self._buffer = self._views = None
+
+    def __call__(self, vector):
+        buffer = self._buffer
+        if (buffer is None or buffer.shape != vector.shape
+                or buffer.dtype != vector.dtype or buffer.device != vector.device):
+            buffer = self._buffer = vector.detach().clone()
+            self._views = list(buffer.unbind())
+        else:
+            buffer.copy_(vector)
+        return self._views
+
+
+def _snapshot(variables):
+    return [(v, v.value.clone()) for v in variables]
+
+
+def _restore(snapshot):
+    for v, value in snapshot:
+        v.value.copy_(value)
+
+
+def _kernel(optimizer, variables):
+    """Keras's fused update of `optimizer` with one rate per variable, if
+    difflr restates it (`torch_sgd`, `torch_adam`), else None."""
+    if not _keras_compat.has_fused_update(optimizer):
+        return None
+    if _keras_compat.updates_as(optimizer, keras.optimizers.SGD):
+        return torch_sgd.update_with_rates(optimizer, variables)
+    if _keras_compat.updates_as(optimizer, keras.optimizers.Adam):
+        return torch_adam.update_with_rates(optimizer, variables)
+    return None
+
+
+def _refuse_unsynchronised_fit():
+    """Raises when Keras's own torch `train_step` runs in a process group.
+
+    Keras has no multi-process `fit` on the torch backend (`keras.distribution`
+    is JAX-only): its `train_step` neither wraps the model in
+    `DistributedDataParallel` nor all-reduces gradients, so every process
+    would silently train a diverging copy of the model. Custom loops over a
+    `DistributedDataParallel` model, whose gradients are averaged, are fine.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if world > 1 and _keras_compat.called_from_keras_torch_train_step():
+        raise RuntimeError(
+            "LRMultiplier is being applied by Keras's own `train_step` "
+            "(`model.fit` / `train_on_batch`) on the torch backend while "
+            f"torch.distributed runs a process group of world size {world}. "
+            "Keras's torch trainer does not synchronise gradients across "
+            "processes, so each process would train its own diverging copy "
+            "of the model. Train in a custom loop instead: wrap the model in "
+            "`torch.nn.parallel.DistributedDataParallel`, call "
+            "`loss.backward()` through it, then `optimizer.apply([v.value.grad "
+            "for v in model.trainable_variables], model.trainable_variables)`"
+            " (see the README, 'Distributed training'). Or use the JAX "
+            "backend's `keras.distribution` or TensorFlow's `tf.distribute`."
+        )
