@@ -5,7 +5,9 @@ offers no public hook are gathered here so that a Keras upgrade has one file to
 check; `check_keras_version` tests at import that the hooks found on classes
 are there, and `_hook` fails clearly when one found on an instance is gone.
 
-Checked against Keras 3.12.0 (the oldest supported release) through 3.15.1.
+Checked against Keras 3.12.0 (the oldest supported release) through 3.15.1
+and the 3.16 preview pinned in `.ci/keras-nightly.txt` (3.16.0.dev2026102704);
+CI runs the whole suite on the oldest and the newest.
 Older releases cannot run with current TensorFlow (2.21 needs Keras >= 3.12)
 or JAX (Keras 3.8 calls the removed `jax.spmd_mode`).
 
@@ -41,7 +43,8 @@ The private names, where difflr uses them, and why each is unavoidable:
   read on the `LRMultiplier` itself (a Keras optimizer): `built_variables`,
   `position_of`, `check_known`.
 - `Layer._flatten_layers()`: the nested layers of a layer, to rank rules from
-  the innermost layer out and to group models. `nested_layers`.
+  the innermost layer out and to group models. `nested_layers`,
+  `direct_layers`.
 - a functional model's `_nodes_by_depth` and `Node.parent_nodes`: its graph,
   to split it into layer groups by topological depth (`functional_nodes`,
   used by `difflr.groups`).
@@ -51,13 +54,21 @@ The private names, where difflr uses them, and why each is unavoidable:
   backend's fused path. Keras's optimizers write only through
   `optimizer.assign*` (its own test, `optimizer_sparse_test`, enforces that):
   a paused variable's writes are guarded there (`install_write_guard`).
-- `keras.src.backend.torch.trainer.TorchTrainer.train_step`: recognised on the
-  call stack, to refuse `model.fit` in a multi-process torch group, where
-  Keras's torch trainer would not synchronise gradients
-  (`called_from_keras_torch_train_step`).
+- `Optimizer._model_variables_moving_average`: the EMA averages, which
+  `keras.callbacks.SwapEMAWeights` reads on the optimizer inside a
+  `LossScaleOptimizer`: an `LRMultiplier` shows its wrapped optimizer's there
+  (`MOVING_AVERAGES`, `moving_averages`).
+- `JAXTrainer.jax_state_sync()`: makes the model's variables the training
+  state inside a JAX `fit`, before `set_multipliers` writes its vectors
+  (`sync_training_state`).
+- `keras.src.backend.torch.trainer.TorchTrainer.train_step` (`Trainer` from
+  Keras 3.16) and its `ddp_model` (3.16): recognised on the call stack, to
+  refuse `model.fit` in a multi-process torch group where Keras's torch
+  trainer does not synchronise gradients (`in_unsynchronised_torch_fit`).
 
-`find_model` relies on no private name, but on how Keras calls an optimizer's
-`build`: from inside a method of the model that owns the variables.
+`find_model` and `find_compiled_model` rely on no private name, but on how
+Keras calls an optimizer: `build` and `get_config` from inside a method of the
+model that owns the variables (`fit`, `save`).
 """
 
 import re
@@ -67,7 +78,12 @@ import warnings
 import keras
 
 OLDEST_KERAS = (3, 12, 0)
-NEWEST_CHECKED_KERAS = (3, 15, 1)
+NEWEST_CHECKED_KERAS = (3, 16, 0)
+
+
+def keras_version():
+    """The installed Keras's version as `(major, minor, patch)`."""
+    return _version_tuple(keras.__version__)
 
 
 def _version_tuple(version):
@@ -157,6 +173,11 @@ def nested_layers(layer):
     return list(layer._flatten_layers(include_self=True, recursive=True))
 
 
+def direct_layers(layer):
+    """The layers directly inside `layer`, in the order they were assigned."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
 def functional_nodes(model):
     """A functional model's graph in topological order, or None.
 
@@ -164,7 +185,7 @@ def functional_nodes(model):
     model (inputs first), `parents` being the indices of the earlier pairs
     whose outputs it takes. Keras has no public graph API: this reads the
     private `_nodes_by_depth` (depth counted from the outputs) and
-    `Node.parent_nodes`, both unchanged from Keras 3.0 to 3.15.
+    `Node.parent_nodes`, both unchanged from Keras 3.0 to 3.16.0.dev.
     """
     nodes_by_depth = getattr(model, "_nodes_by_depth", None)
     if not isinstance(model, keras.Model) or not isinstance(nodes_by_depth, dict):
@@ -295,8 +316,9 @@ def scaling(optimizer):
           `m * g` at rate `lr`.
         - None: anything else, including subclasses that override the update.
 
-    Checked against the update math of Keras 3.12.0 to 3.15.1, on every
-    backend (the torch backend's fused `_parallel_update_step` too).
+    Checked against the update math of Keras 3.12.0 to 3.16.0.dev, on every
+    backend (the torch backend's fused `_parallel_update_step` too: 3.16
+    rewrote SGD's and Adadelta's op sequences, with the same math).
     """
     if updates_as(optimizer, keras.optimizers.SGD):
         return "gradient"
@@ -409,19 +431,71 @@ def find_model(variables, max_depth=12):
     return None
 
 
-def called_from_keras_torch_train_step(max_depth=16):
-    """Whether the torch backend's own `Model.train_step` is on the call stack.
+# Where a Keras optimizer with `use_ema=True` keeps its averages, aligned with
+# its `_trainable_variables`. `keras.callbacks.SwapEMAWeights` reads both on
+# the optimizer a `LossScaleOptimizer` wraps, which may be an `LRMultiplier`.
+MOVING_AVERAGES = "_model_variables_moving_average"
+
+
+def moving_averages(optimizer):
+    """`optimizer`'s EMA averages (Keras's `_model_variables_moving_average`),
+    or None when it has none (no `use_ema`, not built)."""
+    return getattr(optimizer, MOVING_AVERAGES, None)
+
+
+def sync_training_state(model):
+    """Makes `model`'s variables the training state, on the JAX backend.
+
+    Inside a JAX `fit`, Keras trains on a copy of the variables' values and
+    writes it back at the end; a callback that reaches the model through
+    `self.model` first syncs it (`JAXTrainer.jax_state_sync`), and the loop
+    then reads the variables again. An optimizer captured elsewhere is not
+    synced, so a write to its variables would be lost: difflr syncs before
+    writing the multipliers. A no-op on the other backends and outside `fit`.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def find_compiled_model(optimizer, max_depth=40):
+    """The Keras model compiled with `optimizer` (possibly inside a
+    `LossScaleOptimizer`), found on the call stack, or None.
+
+    `model.save` serializes the optimizer from inside its own methods, so the
+    model being saved is a few frames up.
+    """
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            break
+        for value in frame.f_locals.values():
+            if isinstance(value, keras.Model):
+                seen = getattr(value, "optimizer", None)
+                while seen is not None and seen is not optimizer:
+                    seen = getattr(seen, "inner_optimizer", None)
+                if seen is optimizer:
+                    return value
+        frame = frame.f_back
+    return None
+
+
+def in_unsynchronised_torch_fit(max_depth=16):
+    """Whether the torch backend's own `Model.train_step` is on the call stack
+    without gradient synchronisation across processes.
 
     That `train_step` (used by `fit` and `train_on_batch`, also when a
     subclass calls `super().train_step`) computes and applies gradients in
-    one process: it has no cross-process gradient synchronisation. A few
-    frames separate it from the optimizer (`LossScaleOptimizer`, ...).
-    Checked against Keras 3.12.0 to 3.15.1, where it lives in
-    `keras.src.backend.torch.trainer`.
+    one process. From Keras 3.16 on it runs the model through
+    `DistributedDataParallel` (its `ddp_model`) when torch.distributed is
+    initialised and the distribution is None or `DataParallel`, and under
+    `ModelParallel` trains DTensors: gradients are then reduced. A few frames separate it from the optimizer
+    (`LossScaleOptimizer`, ...). Checked against Keras 3.12.0 to 3.16.0.dev,
+    where it lives in `keras.src.backend.torch.trainer` (as `TorchTrainer`
+    up to 3.15, `Trainer` from 3.16).
     """
     from keras.src.backend.torch import trainer
 
-    # Named `Trainer` from Keras 3.16 on.
     cls = getattr(trainer, "TorchTrainer", None) or _hook(trainer, "Trainer")
     target = cls.train_step.__code__
     frame = sys._getframe(1)
@@ -429,6 +503,12 @@ def called_from_keras_torch_train_step(max_depth=16):
         if frame is None:
             return False
         if frame.f_code is target:
-            return True
+            model = frame.f_locals.get("self")
+            if getattr(model, "ddp_model", None) is not None:
+                return False
+            # Keras >= 3.16 under a `keras.distribution` (ModelParallel):
+            # the variables are DTensors, whose gradients are reduced.
+            return not (keras_version() >= (3, 16, 0)
+                        and keras.distribution.distribution() is not None)
         frame = frame.f_back
     return False

@@ -39,11 +39,14 @@ from difflr import _keras_compat
 def tracked_positions(lr, keep_frozen_state=False, had_state=None):
     """The positions the wrapped optimizer is built for: every variable whose
     multiplier `lr[i]` is not 0, all with `keep_frozen_state`, and those that
-    `had_state` when a loaded optimizer was saved."""
+    `had_state` when a loaded optimizer was saved. A model with no trainable
+    variables trains nothing, as with a plain optimizer (its metrics and
+    normalization statistics still update); one whose variables are all
+    frozen is an error."""
     had_state = had_state or [False] * len(lr)
     tracked = [i for i, m in enumerate(lr)
                if m != 0 or keep_frozen_state or had_state[i]]
-    if not tracked:
+    if lr and not tracked:
         raise ValueError(
             "Every trainable variable has learning-rate multiplier 0, so "
             "there is nothing to train. Set `trainable=False` on frozen "

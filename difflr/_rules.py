@@ -24,6 +24,7 @@ import numbers
 import re
 
 import keras
+import numpy as np
 
 from difflr import _checks
 from difflr import _declarations
@@ -55,7 +56,19 @@ def check_value(value, what, culprit):
             f"The {what} for {culprit} must be a non-negative finite number "
             f"(0 freezes, 1 is the base rate); received {value}."
         )
+    if value and not _FLOAT32_TINY <= value <= _FLOAT32_MAX:
+        # The device holds multipliers in float32: beyond its range a value
+        # would turn into inf (NaN weights) or 0 (a silent freeze).
+        raise ValueError(
+            f"The {what} for {culprit} must be 0 or within float32's range, "
+            f"{_FLOAT32_TINY:.3g} to {_FLOAT32_MAX:.3g}, the precision the "
+            f"multipliers have on the device; received {value}."
+        )
     return value
+
+
+_FLOAT32_TINY = float(np.finfo("float32").smallest_subnormal)
+_FLOAT32_MAX = float(np.finfo("float32").max)
 
 
 class Rule:
@@ -220,10 +233,12 @@ def _variable_claims(rule, variables):
 def _layer_claims(rule, variables):
     layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(rule.key))
     candidate = _Candidate(LAYER, rule, rule.value, layer_ids)
-    claims = [(i, candidate) for i in variables.positions(rule.key.trainable_variables)]
+    # All its weights that train: a frozen layer may hold trainable ones
+    # (KerasHub's `enable_lora` freezes a block, not its LoRA layers).
+    claims = [(i, candidate) for i in variables.positions(rule.key.weights)]
     if not claims:
         why = ("it has no trainable variables: is it built, and trainable?"
-               if not rule.key.trainable_variables else
+               if not any(v.trainable for v in rule.key.weights) else
                "its variables are not among the model's trainable ones")
         raise _no_match(rule, variables.list, why)
     return claims
@@ -273,7 +288,7 @@ def _class_claims(rule, variables):
             layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
             candidate = _Candidate(CLASS, rule, rule.value, layer_ids, rule.key)
             claims += [(i, candidate)
-                       for i in variables.positions(layer.trainable_variables)]
+                       for i in variables.positions(layer.weights)]
     if not claims:
         raise _no_match(rule, variables.list, "the model has no trainable "
                         f"layer of class {rule.key.__name__}")
@@ -283,7 +298,13 @@ def _class_claims(rule, variables):
 def _callable_claims(rule, variables):
     claims = []
     for i, v in enumerate(variables.list):
-        value = rule.key(v)
+        try:
+            value = rule.key(v)
+        except Exception as e:
+            raise ValueError(
+                f"The {rule.what} {rule.describe()} raised {type(e).__name__} "
+                f"on variable '{v.path}': {e}"
+            ) from e
         if value is not None:
             value = check_value(value, rule.what,
                                 f"{rule.describe()} on variable '{v.path}'")

@@ -44,14 +44,13 @@ class SavedResolution:
         self.has_state = list(has_state) if has_state is not None else None
 
     @classmethod
-    def of(cls, layout, multipliers):
-        """The resolution of a built optimizer (`_state.Layout`,
-        `_state.Multipliers`)."""
-        tracked = set(layout.tracked)
-        return cls([v.path for v in layout.variables],
-                   [list(v.shape) for v in layout.variables],
-                   multipliers.lr, multipliers.decay,
-                   [i in tracked for i in range(len(layout.variables))])
+    def of(cls, variables, multipliers, decay_multipliers, tracked):
+        """The resolution of `variables`: their values, and the positions
+        the wrapped optimizer keeps (or will keep) state for."""
+        tracked = set(tracked)
+        return cls([v.path for v in variables], [list(v.shape) for v in variables],
+                   multipliers, decay_multipliers,
+                   [i in tracked for i in range(len(variables))])
 
     def to_config(self):
         return {key: getattr(self, key) for key in self._KEYS
@@ -77,7 +76,8 @@ class SavedResolution:
         return self.multipliers, self.decay_multipliers
 
 
-def config(name, optimizer, rules, keep_frozen_state, resolution=None):
+def config(name, optimizer, rules, keep_frozen_state, resolution=None,
+           unresolved=None):
     """The config of an `LRMultiplier`.
 
     Args:
@@ -88,6 +88,9 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None):
         keep_frozen_state: its flag.
         resolution: a `SavedResolution`: of the built optimizer, or the one
             it was loaded with.
+        unresolved: why the rules could not be resolved for the model being
+            saved, if they could not: the file is written (the model and its
+            weights load), and loading the optimizer raises this reason.
     """
     if rules is None:
         rules = _rules.RuleMaps()
@@ -100,7 +103,7 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None):
             "model.trainable_variables)`), or use string rules."
         )
     multipliers, decay_multipliers = rules.to_config()
-    return {
+    saved = {
         "name": name,
         "optimizer": keras.saving.serialize_keras_object(optimizer),
         "multipliers": multipliers,
@@ -108,6 +111,9 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None):
         "keep_frozen_state": keep_frozen_state,
         "saved_resolution": None if resolution is None else resolution.to_config(),
     }
+    if unresolved is not None:
+        saved["unresolved"] = unresolved
+    return saved
 
 
 def from_config(config, custom_objects=None):
@@ -115,6 +121,14 @@ def from_config(config, custom_objects=None):
     optimizer, the other constructor arguments, and the `SavedResolution`
     (or None)."""
     config = dict(config)
+    if "unresolved" in config:
+        raise ValueError(
+            f"The LRMultiplier '{config.get('name')}' in this file could not "
+            "be saved: when it was saved, its rules did not resolve for the "
+            f"model ({config['unresolved']}). The model and its weights are "
+            "intact: load them with `keras.models.load_model(path, "
+            "compile=False)` and compile with a new `difflr.LRMultiplier`."
+        )
     optimizer = keras.optimizers.deserialize(
         config.pop("optimizer"), custom_objects=custom_objects)
     resolution = SavedResolution.from_config(config.pop("saved_resolution", None))

@@ -36,7 +36,7 @@ def table(model, optimizer, groups, who, sources, complete=True):
     resolution = None
     if opt.built:
         lr = [_in_force(opt.multiplier_for, v, model, who) for v in order]
-        decay = [opt.decay_multiplier_for(v) for v in order]
+        decay = [_applied_decay(opt, v) for v in order]
         if sources:
             resolution = opt.resolve(variables, model)
     else:
@@ -81,6 +81,14 @@ def table(model, optimizer, groups, who, sources, complete=True):
     }
 
 
+def _applied_decay(opt, variable):
+    """The decay multiplier, or 0 where the wrapped optimizer has weight
+    decay but applies none to `variable` (`exclude_from_weight_decay`)."""
+    if opt.weight_decay and opt.weight_decay_for(variable) == 0:
+        return 0.0
+    return opt.decay_multiplier_for(variable)
+
+
 def _in_force(multiplier_for, variable, model, who):
     try:
         return multiplier_for(variable)
@@ -105,5 +113,5 @@ def group_variables(model, groups, who, complete):
     else:
         groups = grouping.check_groups(groups, who, model=model,
                                        complete=complete)
-    return [[(layer, v) for layer in group for v in layer.trainable_variables]
+    return [[(layer, v) for layer in group for v in grouping.trainable_weights(layer)]
             for group in groups]

@@ -35,6 +35,7 @@ How a model is split, in order of precedence:
 """
 
 import re
+import warnings
 
 import keras
 
@@ -52,7 +53,9 @@ NORMALIZATION_LAYERS = tuple(
 # belongs to the block after that number (ConvNeXt's downsampling_block_i
 # opens stage i + 1, as in timm's group_matcher).
 _FAMILIES = {
-    "transformer": re.compile(r"transformer_layer_(\d+)"),
+    # KerasHub: `transformer_layer_<i>` (BERT, Llama, Gemma, ...), and inside
+    # an encoder layer `transformer_block_<i>` (ViT) or `layers_<i>` (DINOv2).
+    "transformer": re.compile(r"transformer_layer_(\d+)|transformer_block_(\d+)|layers_(\d+)"),
     "resnet": re.compile(r"conv(\d+)_.*"),
     # EfficientNet (block2b_...), VGG and Xception (block2_conv1).
     "efficientnet_vgg": re.compile(r"block(\d+)[a-z]?_.*"),
@@ -61,6 +64,15 @@ _FAMILIES = {
     "mobilenet": re.compile(r"conv_(?:dw|pw)_(\d+)(?:_.*)?"),
 }
 _EMBEDDING_NAME = re.compile(r".*embedding.*", re.IGNORECASE)
+
+
+def trainable_weights(layer):
+    """The variables of `layer` that train: its `trainable_variables`, but
+    also those of trainable layers inside a frozen one (KerasHub's
+    `enable_lora` freezes a block and leaves its LoRA layers trainable; the
+    model trains their adapters, but the block lists no trainable
+    variables)."""
+    return [v for v in layer.weights if v.trainable]
 
 
 def groups(model):
@@ -124,7 +136,32 @@ def groups(model):
     check_model(model, "difflr.groups")
     result = _split(model)
     # The invariant is what every recipe relies on: verify it, always.
-    return check_groups(result, "difflr.groups", model=model)
+    result = check_groups(result, "difflr.groups", model=model)
+    _warn_if_blocks_share_groups(model, result)
+    return result
+
+
+# A transformer block's number in a variable path, wherever the block sits.
+_BLOCK_IN_PATH = re.compile(r"(?:^|/)(?:transformer_layer|transformer_block|layers)_(\d+)")
+
+
+def _warn_if_blocks_share_groups(model, result):
+    """Says so when the variable paths name more transformer blocks than
+    there are groups: blocks the split could not find would share a rate."""
+    blocks = set()
+    for v in trainable_weights(model):
+        match = _BLOCK_IN_PATH.search(v.path)
+        if match:
+            blocks.add(int(match.group(1)))
+    if len(blocks) > len(result):
+        warnings.warn(
+            f"difflr.groups split the model '{model.name}' into {len(result)} "
+            f"groups, but its variable paths name {len(blocks)} transformer "
+            "blocks: some blocks share a group, so recipes give them one rate. "
+            "Pass `groups=` (a list of lists of layers, one per block) to the "
+            "recipe to split it yourself.",
+            stacklevel=3,
+        )
 
 
 def check_model(model, who):
@@ -140,7 +177,7 @@ def check_model(model, who):
             "variables yet. Build it first: give it a `keras.Input`, call it "
             "on a batch, or call `model.build(input_shape)`."
         )
-    if not model.trainable_variables:
+    if not trainable_weights(model):
         raise ValueError(
             f"{who}: the model '{model.name}' has no trainable variables (are "
             "all its layers `trainable=False`?). There is nothing to group."
@@ -186,13 +223,13 @@ def check_groups(groups, who, model=None, complete=True):
                 f"a single layer); received {group!r}."
             )
         for layer in members:
-            if not layer.trainable_variables:
+            if not trainable_weights(layer):
                 raise ValueError(
                     f"{who}: layer '{layer.name}' in group {g} has no "
                     "trainable variables (is it built, and trainable?). Groups "
                     "hold layers with trainable variables only."
                 )
-            for v in layer.trainable_variables:
+            for v in trainable_weights(layer):
                 if in_model is not None and id(v) not in in_model:
                     raise ValueError(
                         f"{who}: layer '{layer.name}' in group {g} has the "
@@ -240,25 +277,55 @@ class _Groups(list):
 
 
 def _has_trainable(op):
-    return isinstance(op, keras.layers.Layer) and bool(op.trainable_variables)
+    return isinstance(op, keras.layers.Layer) and bool(trainable_weights(op))
+
+
+def _covered(layer, sublayers):
+    """Whether every trainable variable of `layer` belongs to `sublayers`."""
+    covered = {id(v) for sub in sublayers for v in trainable_weights(sub)}
+    return all(id(v) in covered for v in trainable_weights(layer))
 
 
 def _splittable(layer):
     """A model whose trainable variables all belong to its direct layers."""
-    if not isinstance(layer, keras.Model):
-        return False
-    covered = {id(v) for sub in layer.layers for v in sub.trainable_variables}
-    return all(id(v) in covered for v in layer.trainable_variables)
+    return isinstance(layer, keras.Model) and _covered(layer, layer.layers)
 
 
 def _graph(model):
     """The model's layers and ops in topological order: `(op, parents)`
     pairs, `parents` being indices of earlier pairs."""
     nodes = _keras_compat.functional_nodes(model)
-    if nodes is not None:
-        return nodes
-    # Sequential and subclassed models: a chain of their direct layers.
-    return [(layer, [i - 1] if i else []) for i, layer in enumerate(model.layers)]
+    if nodes is None:
+        # Sequential and subclassed models: a chain of their direct layers.
+        nodes = [(layer, [i - 1] if i else []) for i, layer in enumerate(model.layers)]
+    return _expand_block_holders(nodes)
+
+
+def _expand_block_holders(entries):
+    """A layer (not a model) that holds a backbone's blocks as its direct
+    sublayers (KerasHub ViT's and DINOv2's encoders) stands for those
+    sublayers, as a chain in the order they were assigned."""
+    result, moved = [], {}
+    for i, (op, parents) in enumerate(entries):
+        parents = [moved[p] for p in parents]
+        sublayers = _held_blocks(op)
+        for k, sub in enumerate(sublayers or [op]):
+            result.append((sub, parents if k == 0 else [len(result) - 1]))
+        moved[i] = len(result) - 1
+    return result
+
+
+def _held_blocks(op):
+    """`op`'s direct sublayers if two or more are named as a family's blocks
+    and they hold all of `op`'s trainable variables, else None."""
+    if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
+        return None
+    sublayers = _keras_compat.direct_layers(op)
+    for pattern in _FAMILIES.values():
+        blocks = sum(1 for sub in sublayers if pattern.fullmatch(sub.name))
+        if blocks >= 2 and _covered(op, sublayers):
+            return sublayers
+    return None
 
 
 def _split(layer):
@@ -313,7 +380,7 @@ def _assemble(placements):
     for key in sorted(slots):
         group = []
         for layer in slots[key]:
-            ids = {id(v) for v in layer.trainable_variables}
+            ids = {id(v) for v in trainable_weights(layer)}
             if not ids <= covered:
                 group.append(layer)
                 covered |= ids

@@ -11,6 +11,7 @@ Where each concern lives:
 - every private Keras name: `difflr/_keras_compat.py`.
 """
 
+import warnings
 import weakref
 
 import keras
@@ -22,6 +23,39 @@ from difflr import _rules
 from difflr import _saving
 from difflr import _state
 from difflr._update import Update
+
+
+def _not_autographed(method):
+    """Keeps TensorFlow's AutoGraph out of `method` and what it calls.
+
+    Inside a `tf.function` (a custom training loop), AutoGraph rewrites the
+    Python it meets into graph control flow, which difflr's build and rule
+    code is not written for; Keras's own optimizer code is exempt the same
+    way. That code runs as plain Python while the step is traced.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return method
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(method)
+
+
+def _delegated(name, own):
+    """A property that reads and writes the wrapped optimizer's `name`. The
+    base class's `__init__` and `build` see the wrapper's `own` value."""
+
+    def get(self):
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is None or self.__dict__.get("_own_settings"):
+            return own
+        return getattr(inner, name)
+
+    def set(self, value):
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is not None:  # (the base class sets it before there is one)
+            setattr(inner, name, value)
+
+    return property(get, set, doc=f"The wrapped optimizer's `{name}`.")
 
 
 @keras.saving.register_keras_serializable(package="difflr")
@@ -121,6 +155,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self.inner_optimizer = inner
         self.keep_frozen_state = bool(keep_frozen_state)
         self._rules = _rules.RuleMaps(multipliers, decay_multipliers)
+        _warn_if_no_weight_decay(inner, decay_multipliers)
         self._saved = None  # a `_saving.SavedResolution`, set by `from_config`
         self._model_ref = None
         # Set by `build`: `_state.Layout`, `_state.Multipliers`,
@@ -137,10 +172,22 @@ class LRMultiplier(keras.optimizers.Optimizer):
     def __setattr__(self, name, value):
         if name in self._UNTRACKED:
             object.__setattr__(self, name, value)
+        elif self._is_inner_setting(name):
+            setattr(self.inner_optimizer, name, value)
         else:
             super().__setattr__(name, value)
 
-    # The wrapped optimizer owns the base rate and the step counter.
+    def _is_inner_setting(self, name):
+        """A public setting of the wrapped optimizer that the wrapper does not
+        have itself (`beta_1`, `momentum`, ...): written there."""
+        inner = self.__dict__.get("inner_optimizer")
+        return (inner is not None and not name.startswith("_")
+                and name not in self.__dict__ and not hasattr(type(self), name)
+                and hasattr(inner, name))
+
+    # The wrapped optimizer owns the base rate, the step counter and every
+    # setting of the step (weight decay, clipping, EMA, accumulation, loss
+    # scaling): read and written through the wrapper, they act on it.
 
     @property
     def learning_rate(self):
@@ -155,27 +202,78 @@ class LRMultiplier(keras.optimizers.Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
-    @property
-    def loss_scale_factor(self):
-        inner = self.__dict__.get("inner_optimizer")
-        return None if inner is None else inner.loss_scale_factor
+    weight_decay = _delegated("weight_decay", None)
+    clipnorm = _delegated("clipnorm", None)
+    clipvalue = _delegated("clipvalue", None)
+    global_clipnorm = _delegated("global_clipnorm", None)
+    use_ema = _delegated("use_ema", False)
+    ema_momentum = _delegated("ema_momentum", 0.99)
+    ema_overwrite_frequency = _delegated("ema_overwrite_frequency", None)
+    gradient_accumulation_steps = _delegated("gradient_accumulation_steps", None)
+    # (`LossScaleOptimizer` sets None here to own loss scaling itself.)
+    loss_scale_factor = _delegated("loss_scale_factor", None)
 
-    @loss_scale_factor.setter
-    def loss_scale_factor(self, value):
-        # `BaseOptimizer.__init__` sets None before the inner optimizer exists;
-        # `LossScaleOptimizer` sets None to own loss scaling itself.
+    def __getattr__(self, name):
+        # Only when the wrapper has no such attribute: the wrapped
+        # optimizer's own public settings (`beta_1`, `momentum`, ...).
         inner = self.__dict__.get("inner_optimizer")
-        if inner is not None:
-            inner.loss_scale_factor = value
+        if inner is None or name.startswith("_"):
+            raise AttributeError(
+                f"'{type(self).__name__}' object has no attribute '{name}'")
+        return getattr(inner, name)
 
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Excludes variables from the wrapped optimizer's weight decay.
+
+        Acts on the wrapped optimizer, before the optimizer is built: which
+        variables decay is decided once, when it is built.
+
+        Args:
+            var_list: Optional list of variables to exclude.
+            var_names: Optional list of strings: a variable whose path
+                contains one of them is excluded.
+        """
+        if self.built:
+            raise ValueError(
+                "LRMultiplier.exclude_from_weight_decay was called after the "
+                "optimizer was built, when which variables decay is already "
+                "decided. Call it before `fit` (or before "
+                "`optimizer.build(...)`), or give those variables decay "
+                "multiplier 0 with `set_multipliers(decay_multipliers=...)`."
+            )
+        self.inner_optimizer.exclude_from_weight_decay(
+            var_list=var_list, var_names=var_names)
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError(
+            "LRMultiplier has no update step of its own: the wrapped "
+            f"optimizer's ({type(self.inner_optimizer).__name__}) runs at each "
+            "variable's rate inside `apply`. Call `optimizer.apply(grads, "
+            "variables)`."
+        )
+
+    def add_variable(self, *args, **kwargs):
+        """Adds a variable to the wrapped optimizer (see
+        `keras.optimizers.Optimizer.add_variable`)."""
+        return self.inner_optimizer.add_variable(*args, **kwargs)
+
+    def add_variable_from_reference(self, *args, **kwargs):
+        """As `add_variable`, shaped like a reference variable."""
+        return self.inner_optimizer.add_variable_from_reference(*args, **kwargs)
+
+    def add_optimizer_variables(self, *args, **kwargs):
+        """As `add_variable`, one per trainable variable (Keras >= 3.12)."""
+        return self.inner_optimizer.add_optimizer_variables(*args, **kwargs)
 
     @property
     def variables(self):
         own = [self._lr_multipliers, self._decay_multipliers] if self.built else []
         return own + self.inner_optimizer.variables
 
+    @_not_autographed
     def build(self, var_list):
         """Resolves the rules for `var_list` and builds the wrapped optimizer.
 
@@ -194,7 +292,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
             lr, self.keep_frozen_state, self._saved and self._saved.has_state)
         inner = self.inner_optimizer
         _keras_compat.check_weight_decay_is_standard(inner)
-        super().build(var_list)
+        # The base class builds the wrapper's own bookkeeping; the EMA and
+        # gradient accumulators are the wrapped optimizer's, not its.
+        object.__setattr__(self, "_own_settings", True)
+        try:
+            super().build(var_list)
+        finally:
+            object.__setattr__(self, "_own_settings", False)
         self._model_ref = None if model is None else weakref.ref(model)
         with keras.name_scope(self.name, caller=self):
             inner.build([var_list[i] for i in tracked])
@@ -215,7 +319,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     def _vector(self, name, layout, values):
         vector = layout.tracked_vector(values)
-        return self.add_variable(
+        return super().add_variable(
             shape=vector.shape, dtype="float32", name=name,
             initializer=lambda shape, dtype: keras.ops.cast(vector, dtype))
 
@@ -256,6 +360,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
     # per-variable learning rate and weight decay go through the hooks of the
     # backend's `_update.Update`.
 
+    @_not_autographed
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
             if not self.built:
@@ -325,6 +430,28 @@ class LRMultiplier(keras.optimizers.Optimizer):
         position = self._position(variable)
         return self._multipliers.decay[position]
 
+    def weight_decay_for(self, variable):
+        """The weight decay applied to `variable`, per unit of its rate.
+
+        Each step `variable` decays by `learning_rate * m * weight_decay_for`
+        (decoupled, as AdamW): the wrapped optimizer's `weight_decay` times
+        the decay multiplier, or 0 where none is applied (the wrapped
+        optimizer has no weight decay or excludes the variable with
+        `exclude_from_weight_decay`, or the variable was frozen at build).
+
+        Args:
+            variable: One of the model's trainable variables.
+
+        Returns:
+            A Python float.
+        """
+        position = self._position(variable)
+        index = self._layout.index_of(variable)
+        weight_decay = None if index is None else self._layout.weight_decay[index]
+        if weight_decay is None:
+            return 0.0
+        return float(weight_decay) * self._multipliers.decay[position]
+
     def _position(self, variable):
         if not self.built:
             raise ValueError(
@@ -346,9 +473,9 @@ class LRMultiplier(keras.optimizers.Optimizer):
         The given rules replace the rules with the same keys and join the
         others; all rules are then resolved again. Inside a compiled `fit`
         (`jit_compile=True`, `tf.function`, JAX) nothing is retraced and no
-        optimizer state is reset. From a callback on the JAX backend, reach
-        the optimizer as `self.model.optimizer`, which syncs the training
-        state first.
+        optimizer state is reset, also when the optimizer was captured
+        outside the model (on the JAX backend, the training state is synced
+        first, as `self.model` in a callback does).
 
         Args:
             multipliers: Optional rule map of learning-rate multipliers.
@@ -361,12 +488,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 unfreeze later.
         """
         rules = self._rules.merged(multipliers, decay_multipliers)
+        _warn_if_no_weight_decay(self.inner_optimizer, decay_multipliers)
         if self.built:
             layout = self._layout
             model = None if self._model_ref is None else self._model_ref()
             resolution = rules.resolve(layout.variables, model,
                                        self._saved_tables(layout.variables))
             _pause.check_unfreezable(layout, resolution.multipliers)
+            if model is not None:
+                _keras_compat.sync_training_state(model)
             before = self._multipliers.lr
             self._multipliers.write(resolution.multipliers, resolution.decay_multipliers)
             self._pause.clear_velocities(self._multipliers.lr, before)
@@ -379,7 +509,27 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._restored()
 
     def set_weights(self, weights):
-        super().set_weights(weights)
+        """Sets the optimizer's variables, in the order of `variables`.
+
+        Args:
+            weights: A list of arrays, one per variable of `variables`.
+        """
+        if not self.built:
+            raise ValueError(
+                "set_weights() was called on an LRMultiplier that is not built "
+                "yet. Call `optimizer.build(model.trainable_variables)` first.")
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(
+                f"set_weights() received {len(weights)} arrays for the "
+                f"{len(variables)} variables of LRMultiplier '{self.name}'.")
+        for variable, weight in zip(variables, weights):
+            if tuple(variable.shape) != tuple(weight.shape):
+                raise ValueError(
+                    f"set_weights(): the optimizer variable '{variable.path}' "
+                    f"has shape {tuple(variable.shape)}, the array given for it "
+                    f"{tuple(weight.shape)}.")
+            variable.assign(weight)
         self._restored()
 
     def _restored(self):
@@ -391,11 +541,37 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     def get_config(self):
         if self.built:
-            resolution = _saving.SavedResolution.of(self._layout, self._multipliers)
+            layout, multipliers = self._layout, self._multipliers
+            resolution = _saving.SavedResolution.of(
+                layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
             return _saving.config(self.name, self.inner_optimizer, None,
                                   self.keep_frozen_state, resolution)
+        resolution = self._saved
+        if resolution is None and self._rules.needs_resolution_to_save():
+            # Not built yet (compiled, not fitted), with rules that can only
+            # be saved resolved: resolve them for the model being saved.
+            model = _keras_compat.find_compiled_model(self)
+            if model is not None:
+                variables = list(model.trainable_variables)
+                try:
+                    found = self.resolve(variables, model)
+                except (TypeError, ValueError) as e:
+                    # Raising here would leave the file `model.save` already
+                    # truncated empty: save the model, and refuse the
+                    # optimizer when it is loaded.
+                    warnings.warn(
+                        f"The LRMultiplier '{self.name}' is saved without its "
+                        f"rules, which do not resolve for the model: {e} "
+                        "Loading it will raise this error; the model and its "
+                        "weights load with `compile=False`.", stacklevel=2)
+                    return _saving.config(self.name, self.inner_optimizer, None,
+                                          self.keep_frozen_state, unresolved=str(e))
+                tracked = [i for i, m in enumerate(found.multipliers)
+                           if m != 0 or self.keep_frozen_state]
+                resolution = _saving.SavedResolution.of(
+                    variables, found.multipliers, found.decay_multipliers, tracked)
         return _saving.config(self.name, self.inner_optimizer, self._rules,
-                              self.keep_frozen_state, self._saved)
+                              self.keep_frozen_state, resolution)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -439,6 +615,41 @@ def _wrapped_optimizer(optimizer):
             "the variables that are not frozen."
         )
     return optimizer
+
+
+def _moving_averages(self):
+    """The wrapped optimizer's EMA averages, aligned with the wrapper's own
+    trainable variables, for `keras.callbacks.SwapEMAWeights` (which reads
+    them on the optimizer inside a `LossScaleOptimizer`)."""
+    averages = _keras_compat.moving_averages(self.inner_optimizer)
+    if averages is None:
+        raise AttributeError(_keras_compat.MOVING_AVERAGES)
+    if len(self._layout.tracked) < len(self._layout.variables):
+        raise ValueError(
+            "The EMA weights of this LRMultiplier cannot be swapped in as a "
+            "whole: variables frozen when it was built (multiplier 0) have no "
+            "optimizer state, so no average. Build it with "
+            "`keep_frozen_state=True`, or set `trainable=False` on the layers "
+            "that stay frozen.")
+    return averages
+
+
+setattr(LRMultiplier, _keras_compat.MOVING_AVERAGES, property(_moving_averages))
+
+
+def _warn_if_no_weight_decay(optimizer, decay_multipliers):
+    """Decay multipliers scale the wrapped optimizer's weight decay: without
+    one they change nothing, which is worth saying."""
+    if decay_multipliers and not (optimizer.weight_decay
+                                  or getattr(optimizer, "adam_weight_decay", None)):
+        warnings.warn(
+            "LRMultiplier got decay multipliers, but the wrapped optimizer "
+            f"'{optimizer.name}' ({type(optimizer).__name__}) has no weight "
+            "decay, so they change nothing. Give it one (e.g. "
+            "`keras.optimizers.AdamW(weight_decay=0.01)`), or leave "
+            "`decay_multipliers` out.",
+            stacklevel=3,
+        )
 
 
 def find_lr_multiplier(optimizer, who):

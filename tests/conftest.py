@@ -29,3 +29,13 @@ def assert_close(actual, expected, rtol=2e-5, atol=2e-6, what=""):
     np.testing.assert_allclose(
         to_numpy(actual), to_numpy(expected), rtol=rtol, atol=atol, err_msg=what
     )
+
+
+def keras_hub_or_skip():
+    """`keras_hub`, or a skip where it cannot be imported (it is not
+    installed, or needs a newer Keras than the one under test)."""
+    try:
+        import keras_hub
+    except Exception as e:  # an old Keras fails inside keras_hub's import
+        pytest.skip(f"keras_hub cannot be imported here: {type(e).__name__}: {e}")
+    return keras_hub

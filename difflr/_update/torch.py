@@ -229,25 +229,28 @@ def _kernel(optimizer, variables):
 def _refuse_unsynchronised_fit():
     """Raises when Keras's own torch `train_step` runs in a process group.
 
-    Keras has no multi-process `fit` on the torch backend (`keras.distribution`
-    is JAX-only): its `train_step` neither wraps the model in
-    `DistributedDataParallel` nor all-reduces gradients, so every process
-    would silently train a diverging copy of the model. Custom loops over a
-    `DistributedDataParallel` model, whose gradients are averaged, are fine.
+    Up to Keras 3.15 there is no multi-process `fit` on the torch backend:
+    its `train_step` neither wraps the model in `DistributedDataParallel` nor
+    all-reduces gradients, so every process would silently train a diverging
+    copy of the model. Keras 3.16 wraps it (`_keras_compat`), and custom loops
+    over a `DistributedDataParallel` model, whose gradients are averaged, are
+    fine.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return
     world = dist.get_world_size()
-    if world > 1 and _keras_compat.called_from_keras_torch_train_step():
+    if world > 1 and _keras_compat.in_unsynchronised_torch_fit():
         raise RuntimeError(
             "LRMultiplier is being applied by Keras's own `train_step` "
             "(`model.fit` / `train_on_batch`) on the torch backend while "
             f"torch.distributed runs a process group of world size {world}. "
-            "Keras's torch trainer does not synchronise gradients across "
-            "processes, so each process would train its own diverging copy "
-            "of the model. Train in a custom loop instead: wrap the model in "
+            f"Keras {keras.__version__}'s torch trainer does not synchronise "
+            "gradients across processes here, so each process would train its "
+            "own diverging copy of the model. Use Keras >= 3.16 (which wraps "
+            "the model in DistributedDataParallel), or train in a custom loop: "
+            "wrap the model in "
             "`torch.nn.parallel.DistributedDataParallel`, call "
             "`loss.backward()` through it, then `optimizer.apply([v.value.grad "
             "for v in model.trainable_variables], model.trainable_variables)`"

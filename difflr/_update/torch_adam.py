@@ -1,7 +1,7 @@
 """Keras's fused torch Adam (and AdamW) with one learning rate per variable.
 
 Restates `keras/src/backend/torch/optimizers/torch_adam.py` (its
-`_parallel_update_step`, the same from Keras 3.12.0 to 3.15.1; AdamW
+`_parallel_update_step`, the same from Keras 3.12.0 to 3.16.0.dev; AdamW
 inherits it, its decay being difflr's own) with the rate made a per-tensor
 scalar of the same `torch._foreach_*` calls:
 
