@@ -318,3 +318,243 @@ def no_decay(model):
                 "layers of the sub-models distinct names."
             )
     return rules
+
+
+# LoRA+: the factors Keras's `enable_lora` adds, by variable name. `A` maps
+# the input to the rank, `B` (initialized to zeros) the rank to the output.
+_LORA_A = ("lora_kernel_a", "lora_embeddings_a")
+_LORA_B = ("lora_kernel_b", "lora_embeddings_b")
+_LORA_EMBEDDINGS = ("lora_embeddings_a", "lora_embeddings_b")
+
+
+def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
+    """LoRA+ multipliers for Keras's LoRA (Hayou et al., 2024).
+
+    LoRA+ trains the `B` matrix of each LoRA pair `ratio` times faster than
+    its `A` matrix. Keras's `layer.enable_lora(rank)` (on `Dense`,
+    `EinsumDense`, `Embedding` and the convolutions; `backbone.enable_lora(
+    rank)` on a KerasHub backbone) adds `lora_kernel_a` / `lora_kernel_b`
+    (`lora_embeddings_a` / `lora_embeddings_b` on `Embedding`), where `B`
+    maps the rank to the outputs and starts at zero. With `b(v)` the base
+    multiplier of a variable (from `base`, 1.0 without it):
+
+        lora_*_a:  b(v) * lr
+        lora_*_b:  b(v) * lr * ratio
+        every other trainable variable: b(v) (untouched without `base`)
+
+    This follows PEFT's `create_loraplus_optimizer(model, optimizer_cls,
+    lr=..., loraplus_lr_ratio=...)`, with the rates as multiples of the
+    optimizer's base rate: `lr` here is PEFT's `lr` divided by the base rate
+    (1.0: the A matrices train at the optimizer's rate, PEFT's usual setup),
+    and `ratio` is PEFT's `loraplus_lr_ratio`. Where difflr differs:
+
+    - 1-D parameters: PEFT puts every trainable 1-D parameter (biases, norm
+      scales) in its `B` group, at `lr * ratio`. LoRA+'s analysis is about
+      the `B` matrices only, so here 1-D variables keep their base
+      multiplier. For PEFT's grouping, add path or layer rules for them to
+      the returned map (they win over it), e.g.
+      `{**difflr.lora_plus(model), ".*bias": 16.0}`.
+    - LoRA on embeddings: PEFT gives both factors of a LoRA `Embedding` one
+      absolute rate, `loraplus_lr_embedding` (1e-6 by default), because
+      PEFT initializes the embedding's `A` to zero. Keras initializes
+      `lora_embeddings_b` to zero, like every other `B`, so by default the
+      embeddings follow the same rule as the kernels. `embedding_lr=m`
+      gives both embedding factors multiplier `b(v) * m` instead, PEFT's
+      behaviour as a multiple of the base rate (PEFT's 1e-6 at base rate
+      `r` is `embedding_lr=1e-6 / r`).
+    - Weight decay: PEFT's `loraplus_weight_decay` is the optimizer's
+      `weight_decay` here, with `decay_multipliers` such as
+      `difflr.no_decay(model)` (which keeps decay on the 2-D LoRA matrices,
+      except those of `Embedding` layers, whose variables it all excludes).
+
+    The returned map has one rule, a callable over the variables' names that
+    resolves when the optimizer is built (`compile`/`fit`), so LoRA may be
+    enabled before or after `lora_plus` is called, as long as it is before
+    the optimizer is built. A LoRA variable created after that has no
+    optimizer state: compile again with a new `difflr.LRMultiplier`.
+
+    Composing: a callable is the least specific kind of rule, so a layer
+    rule (from `discriminative` or `layerwise_decay`) merged next to it would
+    win on the LoRA variables of its layers, and A and B would train at one
+    rate. Pass such a map as `base=` instead: its multipliers then scale the
+    LoRA ones (LoRA+ inside each layer-wise group) and apply unchanged to the
+    other variables. Rules you add to the returned map take precedence over
+    it, as usual. `difflr.no_decay(model)` goes to `decay_multipliers`, which
+    is a separate map.
+
+    On a KerasHub backbone, `backbone.enable_lora` sets `trainable=False` on
+    every layer but the LoRA ones; `difflr.groups`, the recipes and layer
+    rules still follow the blocks, through the weights that train inside
+    them, so `base` may be made before or after it.
+
+    Args:
+        model: The Keras model (or layer) whose LoRA variables to scale.
+        ratio: The ratio of the `B` matrices' rate to the `A` matrices',
+            a number > 0 (the paper and PEFT suggest 16 as a start; 1 is plain
+            LoRA). Defaults to 16.
+        lr: The multiplier of the `A` matrices, a number >= 0. Defaults to 1.
+        embedding_lr: Optional multiplier for both factors of LoRA
+            `Embedding` layers (PEFT's `loraplus_lr_embedding`, relative to
+            the base rate). Defaults to `None`: the same rule as the kernels.
+        base: Optional rule map (a dict or a list of pairs) whose keys are
+            layers, as `discriminative` and `layerwise_decay` return: each
+            variable gets the multiplier of the innermost layer covering it,
+            and its LoRA factors are scaled by it.
+
+    Returns:
+        A dict with a single key, a callable rule, for `difflr.LRMultiplier`.
+
+    Raises:
+        TypeError: if `model` is not a Keras layer or model, a number is not
+            a number, or `base` holds a key that is not a layer.
+        ValueError: if a number is out of range, or (when the optimizer is
+            built, or previewed with `difflr.summary`) if the model has no
+            LoRA variables among its trainable variables.
+
+    Example:
+
+    >>> import keras, difflr
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, name="body")(inputs)
+    >>> outputs = keras.layers.Dense(1, name="head")(x)
+    >>> model = keras.Model(inputs, outputs)
+    >>> rules = difflr.lora_plus(model, ratio=16)
+    >>> model.get_layer("body").enable_lora(2)  # before or after lora_plus
+    >>> opt = difflr.LRMultiplier(keras.optimizers.Adam(1e-4), rules)
+    >>> opt.build(model.trainable_variables)  # as compile/fit would
+    >>> body = model.get_layer("body")
+    >>> [opt.multiplier_for(v) for v in (body.lora_kernel_a, body.lora_kernel_b)]
+    [1.0, 16.0]
+    >>> opt.multiplier_for(body.bias), opt.multiplier_for(model.get_layer("head").kernel)
+    (1.0, 1.0)
+    >>> rules = difflr.lora_plus(model, base=difflr.discriminative(model, factor=2))
+    >>> opt = difflr.LRMultiplier(keras.optimizers.Adam(1e-4), rules)
+    >>> opt.build(model.trainable_variables)
+    >>> [opt.multiplier_for(v) for v in (body.lora_kernel_a, body.lora_kernel_b, body.bias)]
+    [0.5, 8.0, 0.5]
+    """
+    who = "difflr.lora_plus"
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            f"{who}: `model` must be a Keras model or layer; received "
+            f"{model!r} of type {type(model).__name__}."
+        )
+    ratio = _checks.number(ratio, "ratio", who, low=0, low_open=True)
+    lr = _checks.number(lr, "lr", who, low=0)
+    if embedding_lr is not None:
+        embedding_lr = _checks.number(embedding_lr, "embedding_lr", who, low=0)
+    base_layers = _base_layers(base, who)
+    return {_LoRAPlusRule(model, ratio, lr, embedding_lr, base_layers): None}
+
+
+def _base_layers(base, who):
+    """The `(layer, multiplier)` pairs of a `base=` rule map, checked."""
+    if base is None:
+        return []
+    if isinstance(base, dict):
+        items = list(base.items())
+    elif isinstance(base, (list, tuple)) and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 for item in base):
+        items = [tuple(item) for item in base]
+    else:
+        raise TypeError(
+            f"{who}: `base` must be a rule map (a dict, or a list of (layer, "
+            "multiplier) pairs) such as `difflr.layerwise_decay(model)` "
+            f"returns; received {type(base).__name__}."
+        )
+    pairs = []
+    for key, value in items:
+        if not isinstance(key, keras.layers.Layer):
+            raise TypeError(
+                f"{who}: the keys of `base` must be layers (as "
+                "`difflr.discriminative` and `difflr.layerwise_decay` return); "
+                f"received {key!r} of type {type(key).__name__}. Add rules of "
+                "other kinds to the map lora_plus returns instead: they take "
+                "precedence over it, e.g. `{**difflr.lora_plus(model, "
+                "base=...), 'head/bias': 2.0}`."
+            )
+        name = f"the `base` multiplier of layer '{key.name}'"
+        pairs.append((key, _checks.number(value, name, who, low=0)))
+    return pairs
+
+
+class _LoRAPlusRule:
+    """The callable rule `lora_plus` returns: `variable -> multiplier|None`.
+
+    Resolved when the optimizer is built, from the variables' names and the
+    `base` layers' variables at that time; `difflr.summary(expand=True)`
+    shows it by its `__name__`.
+    """
+
+    def __init__(self, model, ratio, lr, embedding_lr, base_layers):
+        self.model, self.ratio, self.lr = model, ratio, lr
+        self.embedding_lr = embedding_lr
+        self.base_layers = base_layers
+        self.__name__ = f"lora_plus(ratio={ratio:g})"
+        self._has_lora = False
+        self._base_cache = {}  # id(variable) -> (variable, base multiplier|None)
+
+    def __call__(self, variable):
+        name = variable.name
+        if name in _LORA_A or name in _LORA_B:
+            self._has_lora = True
+            m = self._base(variable)
+            m = 1.0 if m is None else m
+            if self.embedding_lr is not None and name in _LORA_EMBEDDINGS:
+                return m * self.embedding_lr
+            return m * self.lr * (self.ratio if name in _LORA_B else 1.0)
+        if not self._has_lora:
+            self._check_has_lora()
+        return self._base(variable)
+
+    def _check_has_lora(self):
+        # Once seen, LoRA stays (Keras cannot disable it on a layer).
+        if any(v.name in _LORA_A + _LORA_B for v in self.model.trainable_variables):
+            self._has_lora = True
+            return
+        raise ValueError(
+            f"difflr.lora_plus: the model '{self.model.name}' has no LoRA "
+            "variables (lora_kernel_a/b, lora_embeddings_a/b) among its "
+            "trainable variables, so LoRA+ has nothing to scale. Enable LoRA "
+            "before the optimizer is built (by compile/fit): "
+            "`layer.enable_lora(rank)` on a Dense, EinsumDense, Embedding or "
+            "convolution layer, or `backbone.enable_lora(rank)` on a KerasHub "
+            "backbone."
+        )
+
+    def _base(self, variable):
+        if not self.base_layers:
+            return None
+        entry = self._base_cache.get(id(variable))
+        if entry is None or entry[0] is not variable:
+            self._fill_base_cache()
+            entry = self._base_cache.get(id(variable))
+            if entry is None or entry[0] is not variable:
+                return None
+        return entry[1]
+
+    def _fill_base_cache(self):
+        """The innermost `base` layer's multiplier for each variable now."""
+        claims = {}  # id(variable) -> [(variable, layer ids, multiplier)]
+        for layer, m in self.base_layers:
+            inner = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
+            # All its weights: KerasHub's `enable_lora` sets `trainable=False`
+            # on every layer but the LoRA ones, and a frozen layer lists no
+            # `trainable_variables`, even those of its trainable sublayers.
+            for v in layer.weights:
+                claims.setdefault(id(v), []).append((v, inner, m, layer))
+        cache = {}
+        for key, found in claims.items():
+            # A layer nested in another claiming layer is more specific.
+            innermost = [c for c in found
+                         if not any(o is not c and o[1] < c[1] for o in found)]
+            values = {c[2] for c in innermost}
+            if len(values) > 1:
+                a, b = innermost[0], next(c for c in innermost if c[2] != innermost[0][2])
+                raise ValueError(
+                    f"difflr.lora_plus: the `base` layers '{a[3].name}' and "
+                    f"'{b[3].name}' both hold variable '{a[0].path}' and "
+                    f"disagree on it ({a[2]} and {b[2]})."
+                )
+            cache[key] = (found[0][0], innermost[0][2])
+        self._base_cache = cache
