@@ -1,5 +1,6 @@
 """`python -m difflr demo`: its data, arms, runner, report and command line."""
 
+import argparse
 import csv
 import dataclasses
 import os
@@ -13,6 +14,7 @@ import pytest
 import difflr
 from difflr import __main__ as cli_main
 from difflr.demo import arms as arms_lib
+from difflr.demo import cli
 from difflr.demo import data
 from difflr.demo import experiment
 from difflr.demo import network
@@ -201,7 +203,8 @@ def test_run_is_deterministic_and_pretrains_once_per_seed():
     assert len(lines) == 2
     assert re.fullmatch(r"seed 0  digits   pretrained: 10-way accuracy "
                         r"0\.\d{3} on the other half  \(\d+\.\d s\)", lines[0])
-    assert re.fullmatch(r"seed 0  digits   freez\+discr  accuracy 0\.\d{3}  "
+    assert re.fullmatch(r"seed 0  digits   freez\+discr  accuracy at lr 0\.01: "
+                        r"0\.\d{3}  "
                         r"\(\d+\.\d s\)", lines[1])
     # 851 test images: an accuracy is a whole number of them.
     correct = first.runs[0]["accuracy"] * 851
@@ -405,7 +408,9 @@ def test_quick_end_to_end_at_a_reduced_size(tmp_path, monkeypatch, capsys):
     assert code == 0
     assert f"backend {keras.backend.backend()}" in stderr
     assert "3 fine-tuning runs" in stderr  # 2 arms + 1 on the control
-    assert stderr.count("  accuracy 0.") == 3
+    assert stderr.count("  accuracy at lr 0.01: 0.") == 3  # names the rate
+    assert "difflr demo (the quick preset; --full" in stderr  # --quick untyped
+    assert "With 1 seed, differences" in stdout  # what the run can show
     assert stderr.count("pretrained: 10-way accuracy") == 2
     assert "Pretrained on digits 0-9" in stdout and "Control:" in stdout
     assert "freez+discr  Freez + discr" in stdout
@@ -419,3 +424,29 @@ def test_quick_end_to_end_at_a_reduced_size(tmp_path, monkeypatch, capsys):
     assert (f"Command: `KERAS_BACKEND={keras.backend.backend()} python -m "
             "difflr demo --quick --arms scratch,freez+discr "
             f"--out {out}`") in md
+
+
+def test_progress_names_each_rate():
+    assert experiment.progress_scores((0.001, 0.01, 0.1), (0.8124, 0.845, 0.4)) == (
+        "accuracy at lr 0.001: 0.812, 0.01: 0.845, 0.1: 0.400")
+
+
+def test_header_says_quick_only_when_typed():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert parser.parse_args([]).preset is None
+    assert parser.parse_args(["--quick"]).preset == "quick"
+    assert cli.config_from(parser.parse_args([])) == experiment.QUICK
+    # The record of a run still names the preset that ran.
+    assert "demo --quick" in cli.command_line(parser.parse_args([]))
+
+
+def test_majority_class_floor():
+    # The figure's floor: always answering the largest class (docs/demo.md).
+    assert round(data.majority_share(5, 0), 3) == 0.402
+
+
+def test_what_the_quick_run_can_show():
+    text = cli.what_it_can_show(experiment.QUICK)
+    assert "2 seeds" in text and "0.001, 0.01, 0.1" in text and "--full" in text
+    assert "docs/demo.md" not in cli.what_it_can_show(experiment.FULL)

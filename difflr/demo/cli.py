@@ -13,9 +13,17 @@ from difflr.demo import arms as arms_lib
 from difflr.demo import data
 from difflr.demo import experiment
 
+# Wall time of `python -m difflr demo` (the quick preset) on 2 cores, as
+# docs/demo.md gives it per backend.
+QUICK_TIME = ("about 1 minute on torch, 2 to 3 on JAX, on 2 cores "
+              "(measured per backend in docs/demo.md)")
+FULL_TIME = ("about 2 minutes on torch, 8 to 12 (estimated) on JAX and "
+             "TensorFlow, on 2 cores")
+
 DESCRIPTION = """\
-What differential learning rates buy, on real data, in a few minutes on a
-laptop CPU (no network: the data set ships with scikit-learn).
+What differential learning rates buy, on real data, on a laptop CPU with no
+network (the data set ships with scikit-learn): {quick_time} with the default
+preset.
 
 A small CNN is pretrained on half of scikit-learn's 8x8 digits (the 10-way
 digit label), once per seed. It is then fine-tuned, with a fresh head, on the
@@ -93,7 +101,8 @@ def _arm_names(text):
 
 def add_arguments(parser):
     """Adds the demo's options to `parser` (an argparse parser)."""
-    parser.description = DESCRIPTION.format(arms=_arm_lines())
+    parser.description = DESCRIPTION.format(arms=_arm_lines(),
+                                            quick_time=QUICK_TIME)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     size = parser.add_mutually_exclusive_group()
     quick, full = experiment.QUICK, experiment.FULL
@@ -102,14 +111,13 @@ def add_arguments(parser):
         help=f"the default: {len(quick.seeds)} seeds, base rates "
              f"{','.join(f'{lr:g}' for lr in quick.lrs)}, every arm but "
              "freez, and the control for "
-             f"{', '.join(quick.control_arms)}; under 2 minutes on 2 cores")
+             f"{', '.join(quick.control_arms)}; {QUICK_TIME}")
     size.add_argument(
         "--full", dest="preset", action="store_const", const="full",
         help=f"{len(full.seeds)} seeds, base rates "
              f"{','.join(f'{lr:g}' for lr in full.lrs)}, every arm, also on "
-             "the control; 2 to 15 minutes on 2 cores, depending on the "
-             "backend (torch is the fastest here)")
-    parser.set_defaults(preset="quick")
+             f"the control; {FULL_TIME}")
+    parser.set_defaults(preset=None)  # the quick preset, untyped
     parser.add_argument(
         "--out", metavar="DIR",
         help="also write results.csv (one row per run), results.md (the "
@@ -142,7 +150,7 @@ def add_arguments(parser):
 
 def config_from(args):
     """The `experiment.Config` the parsed options ask for."""
-    config = experiment.QUICK if args.preset == "quick" else experiment.FULL
+    config = experiment.FULL if args.preset == "full" else experiment.QUICK
     changes = {}
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
@@ -162,7 +170,9 @@ def config_from(args):
 
 def command_line(args):
     """The command, as it would be typed, for the record."""
-    words = ["python", "-m", "difflr", "demo", f"--{args.preset}"]
+    # The preset is always written out, so that the record still says
+    # what ran if the default changes.
+    words = ["python", "-m", "difflr", "demo", f"--{args.preset or 'quick'}"]
     for option in ("seeds", "shots", "epochs"):
         if getattr(args, option) is not None:
             words += [f"--{option}", str(getattr(args, option))]
@@ -176,6 +186,22 @@ def command_line(args):
         words += ["--out", args.out]
     return (f"KERAS_BACKEND={keras.backend.backend()} "
             + " ".join(shlex.quote(w) for w in words))
+
+
+def what_it_can_show(config):
+    """What a run of this size can and cannot tell, printed after the table."""
+    seeds, rates = len(config.seeds), len(config.lrs)
+    lines = [f"With {seeds} seed{'s' if seeds > 1 else ''}, differences "
+             "between arms smaller than their spread over seeds are noise"
+             + ("" if seeds > 1 else " that one seed cannot measure") + "."]
+    if config.lrs != experiment.FULL.lrs or seeds < len(experiment.FULL.seeds):
+        lines.append(
+            f"The best rates are picked from {rates} base rate"
+            f"{'s' if rates > 1 else ''} "
+            f"({', '.join(f'{lr:g}' for lr in config.lrs)}); docs/demo.md "
+            "reports --full (5 seeds x 7 rates, 0.0001 to 0.1), whose "
+            "claims rest on rates this grid may not have.")
+    return "\n".join(lines)
 
 
 def _check_out(out):
@@ -219,15 +245,20 @@ def run(args, parser):
     runs = len(config.seeds) * len(config.lrs) * sum(
         len(experiment.arms_for(config, s)) for s in experiment.sources(config))
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    progress(f"difflr demo --{args.preset}: backend {keras.backend.backend()}, "
+    preset = (f"--{args.preset}" if args.preset
+              else "(the quick preset; --full for the whole grid)")
+    progress(f"difflr demo {preset}: backend {keras.backend.backend()}, "
              f"Keras {keras.__version__}; {len(config.seeds)} seed(s) x "
-             f"{len(config.lrs)} base rate(s), {runs} fine-tuning runs")
+             f"{len(config.lrs)} base rate(s) "
+             f"({', '.join(f'{lr:g}' for lr in config.lrs)}), "
+             f"{runs} fine-tuning runs")
     results = experiment.run(config, log=progress)
     from difflr.demo import report
 
     print()
     print(report.table(results))
     print(f"\n{runs} runs in {results.seconds:.0f} s.")
+    print(what_it_can_show(config))
     if args.out is not None:
         report.write_all(results, args.out, command_line(args))
         print(f"Wrote {', '.join(report.FILES)} to {args.out}.")

@@ -43,8 +43,9 @@ class Config:
 
 _ALL = tuple(arms_lib.ARMS)
 _PRETRAINED = tuple(n for n, arm in arms_lib.ARMS.items() if arm.pretrained)
-# Under three minutes on two cores: every arm but plain gradual unfreezing,
-# and the control for the four arms that tell its story.
+# 1 to 3 minutes on two cores, by backend (docs/demo.md has the timings):
+# every arm but plain gradual unfreezing, and the control for the four arms
+# that tell its story.
 QUICK = Config(seeds=(0, 1), lrs=(1e-3, 1e-2, 1e-1),
                arms=tuple(n for n in _ALL if n != "freez"),
                control_arms=("probe", "full", "discr", "freez+discr"))
@@ -111,13 +112,19 @@ def run(config, log=print):
                         scores.append(accuracy)
                         runs.append(dict(source=source, arm=arm.name,
                                          seed=seed, lr=lr, accuracy=accuracy))
-                    log(f"seed {seed}  {source:<7}  {arm.name:<11}  accuracy "
-                        + " ".join(f"{a:.3f}" for a in scores)
+                    log(f"seed {seed}  {source:<7}  {arm.name:<11}  "
+                        + progress_scores(config.lrs, scores)
                         + f"  ({time.perf_counter() - began:.1f} s)")
             # Once per seed, not per run: it collects garbage, which takes
             # a good part of a second.
             keras.backend.clear_session()
     return Results(config, runs, pretraining, time.perf_counter() - start)
+
+
+def progress_scores(lrs, scores):
+    """`accuracy at lr 0.001: 0.812, 0.01: 0.845, 0.1: 0.402`."""
+    return "accuracy at lr " + ", ".join(
+        f"{lr:g}: {accuracy:.3f}" for lr, accuracy in zip(lrs, scores))
 
 
 def _pretrain(x, y, pretrain_idx, finetune_idx, seed, source, config,

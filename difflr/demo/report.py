@@ -313,13 +313,31 @@ def plot_accuracy(results, path):
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4.2),
                              sharey=True, squeeze=False)
     colors = dict(zip(arms_lib.ARMS, plt.get_cmap("tab10").colors))
+    # Arms that tie (scratch and full collapse to the same floor at 0.1)
+    # would hide one another: each arm gets its own marker and line style,
+    # and is shifted a little along the (log) rate axis.
+    styles = {name: (marker, line) for name, marker, line in zip(
+        arms_lib.ARMS, "osD^vP*X", ["-", "--", "-", "-.", ":", "--", "-.", ":"])}
+    offsets = {name: 1.04 ** (i - (len(arms_lib.ARMS) - 1) / 2)
+               for i, name in enumerate(arms_lib.ARMS)}
+    floor = float(np.mean([data.majority_share(config.shots, seed)
+                           for seed in config.seeds]))
     for ax, source in zip(axes[0], sources):
+        ax.axhline(floor, color="0.4", linestyle=(0, (1, 3)), linewidth=1)
+        ax.annotate(f"majority class {floor:.3f}", (0.01, floor),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(0, 3), textcoords="offset points",
+                    fontsize="x-small", color="0.3")
         for s in (s for s in summaries if s.source == source):
             stds = np.nan_to_num(np.array(s.stds))
-            ax.errorbar(s.lrs, s.means, yerr=stds, marker="o", capsize=3,
-                        label=s.arm, color=colors[s.arm])
+            marker, line = styles[s.arm]
+            ax.errorbar(np.array(s.lrs) * offsets[s.arm], s.means, yerr=stds,
+                        marker=marker, linestyle=line, markersize=5,
+                        capsize=3, label=s.arm, color=colors[s.arm],
+                        alpha=0.9)
         ax.set_xscale("log")
-        ax.set_xlabel("base learning rate (the head's)")
+        ax.set_xlabel("base learning rate (the head's); arms shifted "
+                      "slightly apart", fontsize="small")
         ax.set_title(experiment.SOURCE_TITLES[source].split(" (")[0],
                      fontsize="medium")
         ax.grid(True, alpha=0.3)
