@@ -11,6 +11,7 @@ training in the pytest process, built from the same pieces defined here.
     python _distributed_worker.py tf_mirrored OUT_DIR
     python _distributed_worker.py tf_multi_worker OUT_DIR   (TF_CONFIG set)
     python _distributed_worker.py torch_ddp OUT_DIR RANK PORT
+    python _distributed_worker.py jax_multiprocess OUT_DIR RANK PORT
 
 No scenario calls `keras.utils.set_random_seed`: it imports TensorFlow on
 every backend, which costs seconds per process. Initial weights come from
@@ -31,6 +32,16 @@ EPOCHS = 3
 CHANGE_AT_EPOCH = 1  # set_multipliers({body: 0.5}) when this epoch begins
 SAVE_AFTER_EPOCHS = 2  # checkpoints are taken here; training goes on to EPOCHS
 SINGLE_CHECKPOINT = "single_device.keras"  # written by the test, loaded here
+# From this Keras on, torch `model.fit` in a torch.distributed process group
+# wraps the model in DistributedDataParallel (`Trainer._initialize_ddp`), so
+# gradients are all-reduced; before it, difflr refuses such a fit.
+TORCH_FIT_SYNCHRONISES_FROM = (3, 16, 0)
+
+
+def torch_fit_synchronises():
+    from difflr._keras_compat import keras_version
+
+    return keras_version() >= TORCH_FIT_SYNCHRONISES_FROM
 
 
 def data():
@@ -95,8 +106,13 @@ def pause_body(optimizer, model):
     optimizer.set_multipliers({model.get_layer("body"): 0.0})
 
 
-def fit(model, epochs, initial_epoch=0, change=change_multipliers):
-    """Plain `model.fit` over the global batches, changing multipliers once."""
+def fit(model, epochs, initial_epoch=0, change=change_multipliers, rank=0, world=1):
+    """Plain `model.fit` over the global batches, changing multipliers once.
+
+    With `world` > 1 (one process of a multi-process run), the process fits
+    its share of each global batch (`local_share`): the engine combines the
+    shares into the global batch.
+    """
     import keras
 
     class Change(keras.callbacks.Callback):
@@ -105,8 +121,8 @@ def fit(model, epochs, initial_epoch=0, change=change_multipliers):
                 model = self.model  # on JAX this syncs the training state
                 change(model.optimizer, model)
 
-    x, y = data()
-    model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=epochs,
+    x, y = local_share(rank, world)
+    model.fit(x, y, batch_size=GLOBAL_BATCH // world, epochs=epochs,
               initial_epoch=initial_epoch, shuffle=False, verbose=0,
               callbacks=[Change()])
 
@@ -134,6 +150,18 @@ def local_batches(epochs, rank, world, initial_epoch=0):
         for step in range(STEPS_PER_EPOCH):
             start = step * GLOBAL_BATCH + rank * local
             yield epoch, step, x[start:start + local], y[start:start + local]
+
+
+def local_share(rank, world):
+    """This worker's share of every global batch, in order: batches of
+    GLOBAL_BATCH // world of it are its share of the global batches."""
+    x, y = data()
+    local = GLOBAL_BATCH // world
+    rows = np.concatenate([
+        np.arange(step * GLOBAL_BATCH + rank * local,
+                  step * GLOBAL_BATCH + (rank + 1) * local)
+        for step in range(STEPS_PER_EPOCH)])
+    return x[rows], y[rows]
 
 
 def weights(model):
@@ -409,8 +437,11 @@ def run_torch_ddp(out_dir, rank, port):
         train(model, model.optimizer, EPOCHS, SAVE_AFTER_EPOCHS)
         save_weights(os.path.join(out_dir, f"torch_ddp_loaded_{rank}.npz"), model)
 
-        # Keras's own fit on the torch backend never synchronises gradients
-        # across processes: LRMultiplier refuses instead of training copies.
+        if torch_fit_synchronises():
+            return
+        # Up to Keras 3.15, Keras's own fit on the torch backend never
+        # synchronises gradients across processes: LRMultiplier refuses
+        # instead of training copies.
         try:
             fit(model, EPOCHS + 1, initial_epoch=EPOCHS)
             results["fit_error"] = None
@@ -424,11 +455,149 @@ def run_torch_ddp(out_dir, rank, port):
         train_and_pause(model, os.path.join(out_dir, f"torch_ddp_paused_sgd_{rank}"),
                         lambda *args: train(model, optimizer, *args))
 
-    _run_scenarios(out_dir, f"torch_ddp_{rank}", [("trained", trained),
-                                                  ("loaded", loaded),
-                                                  ("paused_sgd", paused_sgd)])
+    # Keras >= 3.16: `model.fit` itself, each process fitting its share of
+    # every global batch; Keras wraps the model in DistributedDataParallel.
+
+    def local_fit(model, *args, **kwargs):
+        fit(model, *args, rank=rank, world=world, **kwargs)
+        results.setdefault("ddp_model", []).append(
+            type(getattr(model, "ddp_model", None)).__name__)
+
+    def fit_trained():
+        model = build_model()
+        model.compile(optimizer=make_optimizer(model), loss="mse")
+        local_fit(model, SAVE_AFTER_EPOCHS)
+        if rank == 0:
+            model.save(os.path.join(out_dir, "torch_fit.keras"))
+        local_fit(model, EPOCHS, SAVE_AFTER_EPOCHS)
+        save_weights(os.path.join(out_dir, f"torch_fit_{rank}.npz"), model)
+
+    def fit_loaded():
+        model = keras.models.load_model(os.path.join(out_dir, SINGLE_CHECKPOINT))
+        local_fit(model, EPOCHS, SAVE_AFTER_EPOCHS)
+        save_weights(os.path.join(out_dir, f"torch_fit_loaded_{rank}.npz"), model)
+
+    def fit_paused_sgd():
+        model = build_model()
+        model.compile(optimizer=make_paused_sgd(model), loss="mse")
+        train_and_pause(model, os.path.join(out_dir, f"torch_fit_paused_sgd_{rank}"),
+                        lambda *args: local_fit(model, *args))
+
+    def fit_data_parallel():
+        # Over every process's CPU; the processes feed their own shares.
+        distribution = keras.distribution.DataParallel()
+        distribution.auto_shard_dataset = False
+        keras.distribution.set_distribution(distribution)
+        try:
+            model = build_model()
+            model.compile(optimizer=make_optimizer(model), loss="mse")
+            local_fit(model, EPOCHS)
+            save_weights(os.path.join(out_dir, f"torch_data_parallel_{rank}.npz"),
+                         model)
+        finally:
+            keras.distribution.set_distribution(None)
+
+    def fit_model_parallel():
+        # keras.distribution.ModelParallel: variables are DTensors over a
+        # (1, 2) mesh, the kernels split over the two processes (no DDP
+        # wrap); the batch axis has one entry, so each process feeds the
+        # global batches.
+        mesh = keras.distribution.DeviceMesh(
+            (1, 2), ("batch", "model"), devices=keras.distribution.list_devices())
+        layout_map = keras.distribution.LayoutMap(mesh)
+        layout_map["body/kernel"] = (None, "model")
+        layout_map["head/kernel"] = ("model", None)
+        distribution = keras.distribution.ModelParallel(layout_map=layout_map,
+                                                        batch_dim_name="batch")
+        distribution.auto_shard_dataset = False
+        keras.distribution.set_distribution(distribution)
+        try:
+            model = build_model()
+            model.compile(optimizer=make_optimizer(model), loss="mse")
+            fit(model, EPOCHS)
+            full = [v.value.full_tensor() if hasattr(v.value, "full_tensor")
+                    else v.value for v in model.weights]
+            np.savez(os.path.join(out_dir, f"torch_model_parallel_{rank}.npz"),
+                     *[t.detach().cpu().numpy() for t in full])
+        finally:
+            keras.distribution.set_distribution(None)
+
+    scenarios = [("trained", trained), ("loaded", loaded), ("paused_sgd", paused_sgd)]
+    if torch_fit_synchronises():
+        scenarios += [("fit_trained", fit_trained), ("fit_loaded", fit_loaded),
+                      ("fit_paused_sgd", fit_paused_sgd),
+                      ("fit_data_parallel", fit_data_parallel),
+                      ("fit_model_parallel", fit_model_parallel)]
+    _run_scenarios(out_dir, f"torch_ddp_{rank}", scenarios)
     _write_json(out_dir, f"torch_ddp_fit_{rank}.json", results)
     dist.destroy_process_group()
+
+
+# JAX: several processes (jax.distributed), each with 2 host devices.
+
+
+def run_jax_multiprocess(out_dir, rank, port):
+    import keras
+
+    world = 2
+    keras.distribution.initialize(job_addresses=f"127.0.0.1:{port}",
+                                  num_processes=world, process_id=rank)
+    import jax
+
+    assert jax.process_count() == world, jax.process_count()
+    assert jax.local_device_count() == 2 and jax.device_count() == 4, jax.devices()
+    info = {}
+
+    def data_parallel():
+        # DataParallel over the 4 devices of both processes; each process
+        # feeds its share of every global batch.
+        distribution = keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices())
+        distribution.auto_shard_dataset = False
+        keras.distribution.set_distribution(distribution)
+        return distribution
+
+    def local_fit(model, *args, **kwargs):
+        fit(model, *args, rank=rank, world=world, **kwargs)
+
+    def trained():
+        distribution = data_parallel()
+        info["mesh_shape"] = list(distribution.device_mesh.shape)
+        model = build_model()
+        model.compile(optimizer=make_optimizer(model), loss="mse")
+        local_fit(model, SAVE_AFTER_EPOCHS)
+        # Every process must call model.save: Keras creates a variable there
+        # (a reference `Optimizer(1.0)`, `saving_lib.get_attr_skipset`),
+        # which under a distribution is a `device_put` over the devices of
+        # all processes, a collective. Called by process 0 alone, it fails
+        # with "passed to device_put is not the same on each process" (a
+        # plain Keras optimizer too). Every variable is replicated, so each
+        # process writes the whole checkpoint: process 0 the one kept.
+        name = "jax_multiprocess.keras" if rank == 0 else f"scratch_{rank}.keras"
+        model.save(os.path.join(out_dir, name))
+        if rank != 0:
+            os.remove(os.path.join(out_dir, name))
+        local_fit(model, EPOCHS, SAVE_AFTER_EPOCHS)
+        # The processes of the devices each variable and slot lives on.
+        info["processes"] = sorted({
+            device.process_index
+            for v in model.weights + model.optimizer.variables
+            for device in v.value.sharding.device_set})
+        # Replicated, so every process can read all of each variable.
+        save_weights(os.path.join(out_dir, f"jax_multiprocess_{rank}.npz"), model)
+
+    def paused_sgd():
+        data_parallel()
+        model = build_model()
+        model.compile(optimizer=make_paused_sgd(model), loss="mse")
+        train_and_pause(model,
+                        os.path.join(out_dir, f"jax_multiprocess_paused_sgd_{rank}"),
+                        lambda *args: local_fit(model, *args))
+
+    _run_scenarios(out_dir, f"jax_multiprocess_{rank}",
+                   [("trained", trained), ("paused_sgd", paused_sgd)])
+    _write_json(out_dir, f"jax_multiprocess_info_{rank}.json", info)
+    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
@@ -449,5 +618,7 @@ if __name__ == "__main__":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    elif scenario == "jax_multiprocess":
+        run_jax_multiprocess(out, int(sys.argv[3]), int(sys.argv[4]))
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")

@@ -2,10 +2,14 @@
 
 A backend fixes its device count when it initialises, so each distributed run
 happens in a subprocess (tests/_distributed_worker.py) with its own
-environment: 4 host devices for JAX (`XLA_FLAGS`), 2 logical CPUs or 2
-worker processes (`TF_CONFIG`) for TensorFlow, 2 gloo processes for torch.
-The subprocesses write their final weights; this process trains the same
-model on one device, on the same global batches, and compares.
+environment: 4 host devices for JAX (`XLA_FLAGS`) in one process, or 2
+processes of 2 devices each (`jax.distributed`), 2 logical CPUs or 2 worker
+processes (`TF_CONFIG`) for TensorFlow, 2 gloo processes for torch (a custom
+loop over DistributedDataParallel; from Keras 3.16 also `model.fit`, which
+wraps the model in it, and `keras.distribution.DataParallel`). Each process of
+a multi-process run feeds its share of every global batch. The subprocesses
+write their final weights; this process trains the same model on one device,
+on the same global batches, and compares.
 
 Every scenario trains `stem` at 0 (frozen at build, so without optimizer
 state), `body` at 0.1 and `head` at 2.0 with AdamW, `head/bias` without weight
@@ -42,6 +46,21 @@ TIMEOUT = 300  # seconds for one launch; the machine is shared and slow
 def _only(name):
     return pytest.mark.skipif(backend() != name,
                               reason=f"runs in the {name} pass")
+
+
+_TORCH_FIT_SYNCHRONISES = worker.torch_fit_synchronises()
+_SYNCHRONISED_FROM = ".".join(map(str, worker.TORCH_FIT_SYNCHRONISES_FROM))
+# Up to Keras 3.15 torch `model.fit` in a process group trains unsynchronised
+# copies, and difflr refuses it; from 3.16 Keras wraps the model in
+# DistributedDataParallel and the fit is tested against one device instead.
+_while_torch_fit_is_refused = pytest.mark.skipif(
+    _TORCH_FIT_SYNCHRONISES,
+    reason=f"Keras >= {_SYNCHRONISED_FROM} synchronises torch fit across processes: "
+           "test_torch_model_fit_over_two_processes_equals_one_device covers it")
+_once_torch_fit_synchronises = pytest.mark.skipif(
+    not _TORCH_FIT_SYNCHRONISES,
+    reason=f"torch fit in a process group is refused before Keras {_SYNCHRONISED_FROM} "
+           "(test_torch_model_fit_in_a_multi_process_group_raises)")
 
 
 # Running the subprocesses.
@@ -259,6 +278,55 @@ def test_jax_pause_clears_the_sgd_velocity_of_sharded_variables(
                                    "SGD, body paused, ModelParallel on a 2x2 mesh")
 
 
+# JAX: keras.distribution over 2 processes (jax.distributed) x 2 host devices.
+
+
+@pytest.fixture(scope="module")
+def jax_multiprocess_run(reference):
+    out = reference["out"]
+    port = str(_free_port())
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = _env(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=2".strip())
+    _launch(out, [(["jax_multiprocess", str(rank), port], env) for rank in range(2)])
+    return out
+
+
+@_only("jax")
+def test_jax_data_parallel_over_two_processes_equals_one_device(
+        reference, jax_multiprocess_run):
+    for rank in range(2):
+        _check_ran(jax_multiprocess_run, f"jax_multiprocess_{rank}", "trained")
+        info = _load_json(jax_multiprocess_run, f"jax_multiprocess_info_{rank}.json")
+        # One mesh of the 4 devices; variables and optimizer state on both
+        # processes' devices.
+        assert info == {"mesh_shape": [4], "processes": [0, 1]}, info
+        _assert_equals_one_device(
+            _load_weights(jax_multiprocess_run, f"jax_multiprocess_{rank}.npz"),
+            reference, f"DataParallel over 2 processes x 2 devices, process {rank}")
+
+
+@_only("jax")
+def test_jax_checkpoint_from_two_processes_continues_on_one_device(
+        reference, jax_multiprocess_run):
+    _check_ran(jax_multiprocess_run, "jax_multiprocess_0", "trained")
+    weights = _continue_on_one_device(
+        os.path.join(jax_multiprocess_run, "jax_multiprocess.keras"))
+    _assert_equals_one_device(
+        weights, reference,
+        "saved under DataParallel over 2 processes, continued on one device")
+
+
+@_only("jax")
+def test_jax_pause_clears_the_sgd_velocity_in_every_process(
+        paused_sgd_reference, jax_multiprocess_run):
+    for rank in range(2):
+        _check_ran(jax_multiprocess_run, f"jax_multiprocess_{rank}", "paused_sgd")
+        _assert_paused_like_one_device(
+            jax_multiprocess_run, f"jax_multiprocess_paused_sgd_{rank}",
+            paused_sgd_reference,
+            f"SGD, body paused, DataParallel over 2 processes, process {rank}")
+
+
 # TensorFlow: tf.distribute.
 
 
@@ -392,7 +460,79 @@ def test_torch_checkpoint_from_one_device_continues_under_ddp(reference, torch_d
             reference, f"saved on one device, continued under DDP, rank {rank}")
 
 
+def _check_fit_ran_under_ddp(out_dir, scenario):
+    for rank in range(2):
+        _check_ran(out_dir, f"torch_ddp_{rank}", scenario)
+        wrappers = _load_json(out_dir, f"torch_ddp_fit_{rank}.json")["ddp_model"]
+        assert set(wrappers) == {"DistributedDataParallel"}, wrappers
+
+
 @_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_model_fit_over_two_processes_equals_one_device(reference, torch_ddp_run):
+    _check_fit_ran_under_ddp(torch_ddp_run, "fit_trained")
+    for rank in range(2):
+        _assert_equals_one_device(
+            _load_weights(torch_ddp_run, f"torch_fit_{rank}.npz"), reference,
+            f"model.fit over 2 gloo processes, rank {rank}")
+
+
+@_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_checkpoint_from_a_two_process_fit_continues_on_one_device(
+        reference, torch_ddp_run):
+    _check_fit_ran_under_ddp(torch_ddp_run, "fit_trained")
+    weights = _continue_on_one_device(os.path.join(torch_ddp_run, "torch_fit.keras"))
+    _assert_equals_one_device(weights, reference,
+                              "saved in a 2-process fit, continued on one device")
+
+
+@_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_checkpoint_from_one_device_continues_in_a_two_process_fit(
+        reference, torch_ddp_run):
+    _check_fit_ran_under_ddp(torch_ddp_run, "fit_loaded")
+    for rank in range(2):
+        _assert_equals_one_device(
+            _load_weights(torch_ddp_run, f"torch_fit_loaded_{rank}.npz"), reference,
+            f"saved on one device, continued by model.fit in 2 processes, rank {rank}")
+
+
+@_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_two_process_fit_pause_clears_the_sgd_velocity_on_every_process(
+        paused_sgd_reference, torch_ddp_run):
+    _check_fit_ran_under_ddp(torch_ddp_run, "fit_paused_sgd")
+    for rank in range(2):
+        _assert_paused_like_one_device(torch_ddp_run, f"torch_fit_paused_sgd_{rank}",
+                                       paused_sgd_reference,
+                                       f"SGD, body paused, model.fit rank {rank}")
+
+
+@_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_keras_data_parallel_over_two_processes_equals_one_device(
+        reference, torch_ddp_run):
+    _check_fit_ran_under_ddp(torch_ddp_run, "fit_data_parallel")
+    for rank in range(2):
+        _assert_equals_one_device(
+            _load_weights(torch_ddp_run, f"torch_data_parallel_{rank}.npz"), reference,
+            f"keras.distribution.DataParallel over 2 gloo processes, rank {rank}")
+
+
+@_only("torch")
+@_once_torch_fit_synchronises
+def test_torch_keras_model_parallel_over_two_processes_equals_one_device(
+        reference, torch_ddp_run):
+    for rank in range(2):
+        _check_ran(torch_ddp_run, f"torch_ddp_{rank}", "fit_model_parallel")
+        _assert_equals_one_device(
+            _load_weights(torch_ddp_run, f"torch_model_parallel_{rank}.npz"), reference,
+            f"keras.distribution.ModelParallel over 2 gloo processes, rank {rank}")
+
+
+@_only("torch")
+@_while_torch_fit_is_refused
 def test_torch_model_fit_in_a_multi_process_group_raises(torch_ddp_run):
     for rank in range(2):
         error = _load_json(torch_ddp_run, f"torch_ddp_fit_{rank}.json")["fit_error"]
@@ -419,6 +559,7 @@ def torch_group_of_three(tmp_path, monkeypatch):
 
 
 @_only("torch")
+@_while_torch_fit_is_refused
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_torch_fit_is_refused_whenever_a_process_group_has_several_processes(
         torch_group_of_three, policy):

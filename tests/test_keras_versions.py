@@ -1,12 +1,16 @@
 """difflr on a Keras it does not know: a clear message, never a stack trace
 from inside Keras. (CI also runs the suite on the oldest supported Keras.)"""
 
+import re
 import warnings
 
 import pytest
 import keras
 
 from difflr import _keras_compat
+
+OLDEST = re.escape(".".join(map(str, _keras_compat.OLDEST_KERAS)))
+NEWEST = re.escape(".".join(map(str, _keras_compat.NEWEST_CHECKED_KERAS)))
 
 
 def _check_with(monkeypatch, version, drop=None):
@@ -28,17 +32,19 @@ def test_the_installed_keras_is_within_the_checked_range():
 
 
 def test_an_older_keras_is_refused_with_the_fix(monkeypatch):
-    with pytest.raises(ImportError, match=r"needs Keras >= 3\.12\.0.*3\.8\.0.*pip install -U keras"):
+    assert (3, 8, 0) < _keras_compat.OLDEST_KERAS
+    with pytest.raises(ImportError, match=rf"needs Keras >= {OLDEST}.*3\.8\.0.*pip install -U keras"):
         _check_with(monkeypatch, "3.8.0")
 
 
 def test_a_newer_keras_with_the_hooks_warns_and_runs(monkeypatch):
-    with pytest.warns(UserWarning, match=r"checked against Keras up to 3\.15\.1.*4\.0\.0"):
+    assert _keras_compat.NEWEST_CHECKED_KERAS[:2] < (4, 0)
+    with pytest.warns(UserWarning, match=rf"checked against Keras up to {NEWEST}.*4\.0\.0"):
         _check_with(monkeypatch, "4.0.0")
 
 
 def test_a_keras_without_the_hooks_is_refused_by_name(monkeypatch):
-    with pytest.raises(ImportError, match=r"\(_apply_weight_decay\) are gone.*3\.12\.0 to 3\.15\.1"):
+    with pytest.raises(ImportError, match=rf"\(_apply_weight_decay\) are gone.*{OLDEST} to {NEWEST}"):
         _check_with(monkeypatch, "4.1.0", drop="_apply_weight_decay")
 
 
