@@ -9,6 +9,7 @@ give).
 import weakref
 
 import keras
+import numpy as np
 
 from difflr import _checks
 from difflr import _keras_compat
@@ -19,18 +20,56 @@ from difflr.lr_multiplier import find_lr_multiplier
 
 
 class Unfreezing(keras.callbacks.Callback):
-    """`difflr.callbacks.GradualUnfreezing`, whose messages name `who`."""
+    """`difflr.callbacks.GradualUnfreezing`, whose messages name `who`.
+
+    Epoch-driven (`every`/`schedule`): the epoch at which each group opens
+    is fixed by the arguments. Plateau-driven (`monitor`): it is decided at
+    the end of each epoch from the monitored value, and kept in the
+    callback's state (`opened_at`, the best value and epoch of the current
+    phase, and with `restore_best_weights` a copy of the weights of that
+    epoch), which `get_state`/`set_state` carry across a `load_model`.
+    """
 
     def __init__(self, groups, every, schedule, multipliers, ramp_epochs,
-                 train_bn, verbose, who):
+                 train_bn, verbose, who, monitor=None, patience=None,
+                 min_delta=None, mode=None, restore_best_weights=None):
         super().__init__()
         self._who = who
+        plateau_args = {"patience": patience, "min_delta": min_delta,
+                        "mode": mode,
+                        "restore_best_weights": restore_best_weights}
+        if monitor is None:
+            given = [k for k, v in plateau_args.items() if v is not None]
+            if given:
+                raise ValueError(
+                    f"{who}: {', '.join(f'`{k}`' for k in given)} only "
+                    "apply when the groups open on a plateau of a monitored "
+                    "metric: pass `monitor=` too (e.g. monitor=\"val_loss\"), "
+                    f"or leave them out; received "
+                    + ", ".join(f"{k}={plateau_args[k]!r}" for k in given)
+                    + "."
+                )
+        else:
+            given = [f"{k}={v!r}" for k, v in (("every", every),
+                                               ("schedule", schedule))
+                     if v is not None]
+            if given:
+                raise ValueError(
+                    f"{who}: give either `monitor` (the groups open when it "
+                    "stops improving) or `every`/`schedule` (they open at "
+                    f"fixed epochs), not both; received monitor={monitor!r} "
+                    f"and {' and '.join(given)}."
+                )
+        self._init_plateau(monitor, patience, min_delta, mode,
+                           restore_best_weights, who)
         if every is not None and schedule is not None:
             raise ValueError(
                 f"{who}: give `every` or `schedule`, not both; received "
                 f"every={every!r}, schedule={schedule!r}."
             )
-        if schedule is None:
+        if self.monitor is not None:
+            self.every = self.schedule = None
+        elif schedule is None:
             self.every = _checks.integer(1 if every is None else every,
                                          "every", who, minimum=1)
             self.schedule = None
@@ -57,6 +96,141 @@ class Unfreezing(keras.callbacks.Callback):
         self.verbose = verbose
         self._plan = None  # set when training begins
         self._first_epoch = True
+        self._last_begun = None  # the last epoch begun (epoch-driven)
+
+    def _init_plateau(self, monitor, patience, min_delta, mode,
+                      restore_best_weights, who):
+        self.monitor = monitor
+        if monitor is None:
+            self.patience = self.min_delta = self.mode = None
+            self.restore_best_weights = False
+            return
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(
+                f"{who}: `monitor` must be the name of a logged quantity "
+                f"(e.g. \"val_loss\"); received {monitor!r}."
+            )
+        self.patience = _checks.integer(0 if patience is None else patience,
+                                        "patience", who, minimum=0)
+        self.min_delta = _checks.number(0.0 if min_delta is None else min_delta,
+                                        "min_delta", who, low=0.0)
+        mode = "auto" if mode is None else mode
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                f"{who}: `mode` must be \"auto\", \"min\" or \"max\"; "
+                f"received {mode!r}."
+            )
+        self.mode = mode
+        restore = False if restore_best_weights is None else restore_best_weights
+        if not isinstance(restore, bool):
+            raise TypeError(f"{who}: `restore_best_weights` must be True or "
+                            f"False; received {restore_best_weights!r}.")
+        self.restore_best_weights = restore
+        self._direction = None if mode == "auto" else mode  # "min" or "max"
+        # The state: the epoch each group opened (bottom to head, the head's
+        # entry the first epoch), the last epoch that ended, and the best
+        # value of the current phase, its epoch and (restore_best_weights)
+        # the weights at its end.
+        self._opened = None
+        self._last_epoch = None
+        self._best = None
+        self._best_epoch = None
+        self._best_weights = None
+
+    # The state of the plateau-driven mode.
+
+    @property
+    def opened_at(self):
+        """The epoch at which each group began to train, bottom to head
+        (`None` for a group that has not), or `None` before training."""
+        if self.monitor is not None:
+            return None if self._opened is None else list(self._opened)
+        if self._plan is None or self._last_begun is None:
+            return None
+        return [u if u is not None and u <= self._last_begun else None
+                for u in self._plan.unfreeze_epoch]
+
+    def get_state(self):
+        """The plateau-driven state, for `set_state` on a fresh callback."""
+        self._need_monitor("get_state")
+        weights = self._best_weights
+        state = {
+            "opened_at": self.opened_at,
+            "last_epoch": self._last_epoch,
+            "best": self._best,
+            "best_epoch": self._best_epoch,
+        }
+        if self.restore_best_weights:
+            state["best_weights"] = (None if weights is None
+                                     else [w.copy() for w in weights])
+        return state
+
+    def set_state(self, state):
+        """Continues from `get_state()` of the run being resumed."""
+        who = self._who
+        self._need_monitor("set_state")
+        keys = {"opened_at", "last_epoch", "best", "best_epoch"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise TypeError(
+                f"{who}.set_state: expected the dict `get_state()` returns, "
+                f"with keys {sorted(keys)}; received {state!r:.200}."
+            )
+        opened = state["opened_at"]
+        if opened is None:  # saved before training began: nothing to resume
+            self._opened = self._last_epoch = None
+            self._best = self._best_epoch = self._best_weights = None
+            return self
+        if isinstance(opened, (str, bytes)) or not isinstance(opened, (list, tuple)):
+            raise TypeError(f"{who}.set_state: `opened_at` must be a list of "
+                            f"epochs (or None); received {opened!r}.")
+        opened = [None if u is None else
+                  _checks.integer(u, f"opened_at[{i}]", who, minimum=0)
+                  for i, u in enumerate(opened)]
+        last = _checks.integer(state["last_epoch"], "last_epoch", who,
+                               minimum=0) if state["last_epoch"] is not None else None
+        best_epoch = state["best_epoch"]
+        if best_epoch is not None:
+            best_epoch = _checks.integer(best_epoch, "best_epoch", who, minimum=0)
+        weights = state.get("best_weights")
+        if (self.restore_best_weights and best_epoch is not None
+                and best_epoch != last and weights is None):
+            raise ValueError(
+                f"{who}.set_state: `restore_best_weights=True` and the best "
+                f"epoch of the current phase ({best_epoch}) is not the last "
+                f"one ({last}), so the state must hold its weights "
+                "(`best_weights`), as `get_state()` of a callback with "
+                "`restore_best_weights=True` returns them."
+            )
+        self._opened = opened
+        self._last_epoch = last
+        self._best = None if state["best"] is None else float(state["best"])
+        self._best_epoch = best_epoch
+        self._best_weights = (None if weights is None
+                              else [np.array(w, copy=True) for w in weights])
+        if self._plan is not None:
+            self._attach(self._plan)
+        return self
+
+    def _need_monitor(self, what):
+        if self.monitor is None:
+            raise ValueError(
+                f"{self._who}.{what}: only the plateau-driven mode "
+                "(`monitor=`) has a state to carry; with `every`/`schedule` "
+                "the multipliers are a function of the epoch: resume with "
+                "`fit(initial_epoch=...)` and the same arguments."
+            )
+
+    def _attach(self, plan):
+        """Makes the plan open the groups when the state says."""
+        n = len(plan.groups)
+        if self._opened is not None and len(self._opened) != n:
+            raise ValueError(
+                f"{self._who}: the state gives `opened_at` for "
+                f"{len(self._opened)} groups, but the model has {n} groups; "
+                "resume with the groups the state was recorded with."
+            )
+        if self._opened is not None:
+            plan.unfreeze_epoch = self._opened  # the same list, updated in place
 
     # Keras calls these.
 
@@ -66,6 +240,8 @@ class Unfreezing(keras.callbacks.Callback):
         plan = self._plan
         if plan is None or plan.model() is not model:
             self._plan = _Plan(model, self, self._who)
+            if self.monitor is not None:
+                self._attach(self._plan)
         built_optimizer(model, self._who)
         self._first_epoch = True
 
@@ -73,6 +249,8 @@ class Unfreezing(keras.callbacks.Callback):
         if self._plan is None:
             self.on_train_begin()
         plan = self._plan
+        if self.monitor is not None:
+            self._plateau_epoch_begin(epoch, plan)
         opt = find_lr_multiplier(self.model.optimizer, self._who)
         if self._first_epoch:
             self._first_epoch = False
@@ -81,11 +259,79 @@ class Unfreezing(keras.callbacks.Callback):
             plan.check_unfreezable(opt)
         values = plan.values_at(epoch)
         opt.set_multipliers(list(zip(plan.variables, values)))
+        self._last_begun = epoch
         if self.verbose:
             for j in plan.unfrozen_at(epoch):
                 names = ", ".join(layer.name for layer in plan.groups[j])
                 print(f"\nEpoch {epoch + 1}: {self._who} unfreezes group {j} "
                       f"({names}).")
+
+    def _plateau_epoch_begin(self, epoch, plan):
+        if self._first_epoch:
+            if self._opened is None:  # a fresh run: the head's phase begins
+                self._opened = [None] * (len(plan.groups) - 1) + [epoch]
+                self._attach(plan)
+            elif self._last_epoch is not None and epoch != self._last_epoch + 1:
+                raise ValueError(
+                    f"{self._who} (monitor={self.monitor!r}) continues from "
+                    f"a state whose last epoch is {self._last_epoch}, so it "
+                    f"must resume at epoch {self._last_epoch + 1}; this fit "
+                    f"begins at epoch {epoch}. Pass `initial_epoch="
+                    f"{self._last_epoch + 1}`, or use a new callback to start "
+                    "over."
+                )
+        phase_start = max(u for u in self._opened if u is not None)
+        if self._best_epoch is not None and self._best_epoch < phase_start:
+            # A group opens now: the phase that ended gives way to a new one.
+            if self.restore_best_weights and self._best_weights is not None:
+                self.model.set_weights(self._best_weights)
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: {self._who} restores the "
+                          f"weights of epoch {self._best_epoch + 1}, the best "
+                          f"of the phase that ended ({self.monitor} = "
+                          f"{self._best:.6g}).")
+            self._best = self._best_epoch = self._best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is None or self._opened is None:
+            return
+        logs = {} if logs is None else logs
+        if self.monitor not in logs:
+            hint = ""
+            if self.monitor.startswith("val_") and not any(
+                    k.startswith("val_") for k in logs):
+                hint = (" There are no validation metrics in this epoch: "
+                        "pass `validation_data=` (or `validation_split=`) to "
+                        "`fit`, and validate every epoch (validation_freq=1).")
+            raise ValueError(
+                f"{self._who}: `monitor={self.monitor!r}` is not in the logs "
+                f"of epoch {epoch}; the keys available are "
+                f"{sorted(logs)}.{hint}"
+            )
+        try:
+            current = float(_checks.scalar(logs[self.monitor]))
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{self._who}: the logged `{self.monitor}` must be a number; "
+                f"received {logs[self.monitor]!r}."
+            ) from None
+        opened = self._opened
+        logs["unfrozen_groups"] = sum(
+            1 for u in opened[:-1] if u is not None and u <= epoch)
+        self._last_epoch = epoch
+        frozen = [j for j, u in enumerate(opened[:-1]) if u is None]
+        if not frozen:
+            return  # every group trains: nothing left to decide
+        if self._direction is None:
+            self._direction = _direction(self.model, self.monitor, self._who)
+        if self._best is None or _improves(current, self._best,
+                                           self.min_delta, self._direction):
+            self._best, self._best_epoch = current, epoch
+            if self.restore_best_weights:
+                self._best_weights = [np.array(w, copy=True)
+                                      for w in self.model.get_weights()]
+        elif epoch - self._best_epoch >= max(self.patience, 1):
+            opened[frozen[-1]] = epoch + 1  # the next group, top down
 
 
 def built_optimizer(model, who):
@@ -101,6 +347,36 @@ def built_optimizer(model, who):
     if not opt.built:
         model.optimizer.build(model.trainable_variables)
     return opt
+
+
+def _improves(current, best, min_delta, direction):
+    """Whether `current` improves on `best` by more than `min_delta`
+    (Keras's `EarlyStopping`: a change of `min_delta` or less is none)."""
+    if direction == "min":
+        return current + min_delta < best
+    return current - min_delta > best
+
+
+def _direction(model, monitor, who):
+    """"min" or "max" for `mode="auto"`, inferred as Keras's `EarlyStopping`
+    infers it: a loss is minimized; a compiled metric of that name (with or
+    without "val_") goes the way it declares; anything else is an error."""
+    name = monitor[len("val_"):] if monitor.startswith("val_") else monitor
+    if name == "loss":
+        return "min"
+    direction = None
+    for metric in getattr(model, "metrics", None) or []:
+        inner = getattr(metric, "metrics", None)  # compiled metrics' container
+        for m in inner if isinstance(inner, (list, tuple)) else [metric]:
+            if getattr(m, "name", None) == name and hasattr(m, "_direction"):
+                direction = "max" if m._direction == "up" else "min"
+    if direction is None:
+        raise ValueError(
+            f"{who}: `mode=\"auto\"` cannot tell whether `{monitor}` should "
+            "go down or up (it is not a loss, nor a compiled metric that "
+            "declares its direction). Pass `mode=\"min\"` or `mode=\"max\"`."
+        )
+    return direction
 
 
 def _check_schedule(schedule, who):
@@ -145,7 +421,9 @@ class _Plan:
             )
         self.groups = [list(dict.fromkeys(layer for layer, _ in pairs))
                        for pairs in per_group]
-        if callback.schedule is not None:
+        if callback.monitor is not None:
+            top_down = [None] * (n - 1)  # opened on plateaus, in the state
+        elif callback.schedule is not None:
             if len(callback.schedule) > n - 1:
                 raise ValueError(
                     f"{who}: `schedule` gives {len(callback.schedule)} epochs "

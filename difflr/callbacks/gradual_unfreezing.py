@@ -10,8 +10,10 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
 
     Training starts with every group but the head (the last group) frozen,
     and one more group, from the top down, is unfrozen every `every` epochs
-    (ULMFiT's gradual unfreezing) or at the epochs `schedule` gives
-    (Lightning's `BackboneFinetuning`). Freezing is done with learning-rate
+    (ULMFiT's gradual unfreezing), at the epochs `schedule` gives
+    (Lightning's `BackboneFinetuning`), or when a monitored metric stops
+    improving (`monitor=`, finetuning-scheduler's phases; see **Unfreezing
+    on a plateau** below). Freezing is done with learning-rate
     multipliers inside one compiled `model.fit`: nothing is recompiled, and
     the groups already training keep their optimizer state.
 
@@ -34,6 +36,53 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     function of the epoch number and the arguments only, so a run resumed
     with `fit(initial_epoch=k)` continues exactly as the uninterrupted one.
 
+    **Unfreezing on a plateau** (`monitor=`, instead of `every`/`schedule`).
+    The epochs `U_j` are then decided during training, with the conventions
+    of Keras's `EarlyStopping` (`min_delta`, `patience`, `mode`). Training
+    runs in phases: phase 0 trains the head from the first epoch `P_0`; phase
+    `p` begins at the epoch `P_p` at which its group opens. With `x_e` the
+    value of `monitor` in the logs at the end of epoch `e`, the best value
+    of the phase and its epoch start afresh at the phase's first epoch and
+    follow (in `mode="min"`; in `"max"`, `x_e > b + min_delta`)
+
+        b, e* = x_e, e        at e = P_p, or if x_e < b - min_delta
+        (unchanged)           otherwise
+
+    (an improvement is a change of more than `min_delta`, and NaN is none).
+    When, at the end of epoch `e`, `e - e* >= max(patience, 1)` (as in
+    `EarlyStopping`, `patience=0` acts as 1), the topmost group still frozen
+    opens at the start of the next epoch, `U_j = P_{p+1} = e + 1`, and the
+    new phase counts from there. A phase so lasts at least
+    `max(patience, 1) + 1` epochs, at most one group opens per epoch, and
+    `ramp_epochs` ramps an opened group as above (its ramp may overlap the
+    next phase). Once every group is open the callback decides no more: to
+    stop on the last phase's plateau, add `keras.callbacks.EarlyStopping`.
+    `mode="auto"` infers the direction as `EarlyStopping` does (`loss` and
+    `val_loss` go down; a compiled metric goes the way it declares) and
+    raises if it cannot. A `monitor` missing from the logs of an epoch is an
+    error naming it and the keys there are (`EarlyStopping` only warns, but
+    here it would leave the groups frozen in silence): validate every epoch.
+
+    With `restore_best_weights=True`, at the start of the epoch a group
+    opens, before it trains, the model's weights (all of `model.weights`,
+    normalization statistics included) are set back to those at the end of
+    the best epoch `e*` of the phase that ended, as finetuning-scheduler
+    restores each phase's best checkpoint. The optimizer state (Adam's
+    moments, the step count) is not rolled back, as Keras's `EarlyStopping`
+    (and fastai's `SaveModelCallback`, by default) do not: the step count drives the base-rate
+    schedule and Adam's bias correction, so rewinding it would replay the
+    schedule, and the moments are recent gradient statistics, still a good
+    start for the next phase; a copy of the weights is kept in host memory.
+
+    The epochs are reachable as `callback.opened_at`: a list, one entry per
+    group bottom to head (as `groups`), of the epoch at which the group
+    began to train, `None` for one that has not (the head's entry is the
+    first epoch; after a fit, an entry one past its last epoch is a group
+    decided on in that epoch, which a resumed fit opens). With `monitor`,
+    every epoch's logs (so `History`,
+    `CSVLogger`, TensorBoard) also get `"unfrozen_groups"`: the number of
+    groups below the head that trained in that epoch.
+
     **The rates once unfrozen** (`m_v`). With `multipliers=None` they are the
     multipliers the optimizer was compiled with, read when training begins
     (before the callback sets any to 0). To combine gradual unfreezing with
@@ -50,6 +99,19 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     continues exactly). With `multipliers=None`, resuming at an epoch where
     a group is still frozen or ramping raises an error that says so. The
     optimizer state of the frozen groups is saved and loaded with the model.
+    With `monitor`, the epochs the groups opened at depend on the history of
+    the metric, which the model does not save: keep `state =
+    callback.get_state()` from the end of the last epoch (a dict of
+    `opened_at`, the last epoch, and the current phase's best value and
+    epoch, plus, with `restore_best_weights`, a copy of that epoch's weights
+    as NumPy arrays: save it with pickle next to the model), and resume with
+    a fresh callback with the same arguments, `callback.set_state(state)`
+    and `fit(initial_epoch=state["last_epoch"] + 1)`: the run then continues
+    exactly as the uninterrupted one (a different `initial_epoch` raises).
+    The same callback object, given to a second `fit` of the same model,
+    keeps its state and likewise continues at `initial_epoch=` the next
+    epoch.
+    `get_state` and `set_state` exist only with `monitor`.
 
     **Normalization layers** (BatchNormalization, LayerNormalization,
     GroupNormalization, RMSNormalization). With `train_bn=True` (the
@@ -96,13 +158,32 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
             Defaults to 0: the full rate at once.
         train_bn: Whether normalization layers in frozen groups keep
             training (fastai's `train_bn`). Defaults to True.
-        verbose: 1 prints a line when a group unfreezes. Defaults to 0.
+        verbose: 1 prints a line when a group unfreezes (and when weights
+            are restored). Defaults to 0.
+        monitor: Instead of `every`/`schedule`, the name of a logged
+            quantity (e.g. `"val_loss"`): a group opens when it stops
+            improving. Defaults to None (epoch-driven).
+        patience: With `monitor`, the number of epochs without improvement
+            after which the next group opens (`max(patience, 1)`). Defaults
+            to 0.
+        min_delta: With `monitor`, the change (non-negative) that a value
+            must exceed to count as an improvement. Defaults to 0.
+        mode: With `monitor`, `"min"`, `"max"` or `"auto"` (inferred from
+            the name, as Keras's `EarlyStopping`). Defaults to `"auto"`.
+        restore_best_weights: With `monitor`, whether to set the model's
+            weights back to the best epoch of a phase before the next group
+            opens. Defaults to False.
 
     Raises:
         TypeError: if an argument has the wrong type, or (when training
             begins) if the model is not compiled with a `difflr.LRMultiplier`
             (possibly inside a `LossScaleOptimizer`).
-        ValueError: if `every`/`schedule` are invalid or both given, if the
+        ValueError: if `every`/`schedule` are invalid or both given, if
+            `monitor` is given with `every` or `schedule`, if `patience`,
+            `min_delta`, `mode` or `restore_best_weights` are given without
+            `monitor`, if `monitor` is missing from an epoch's logs or
+            `mode="auto"` cannot infer its direction, if a resumed fit does
+            not begin right after the state's last epoch, if the
             groups are fewer than two, do not belong to the model or do not
             cover it, if the schedule has more epochs than groups to
             unfreeze, if a group that must be unfrozen was frozen when the
@@ -128,9 +209,28 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     >>> opt = model.optimizer  # epoch 1 trained the head and body2
     >>> [round(opt.multiplier_for(layer.kernel), 4) for layer in (body1, body2, head)]
     [0.0, 0.3846, 1.0]
+
+    On a plateau: here the base rate is 0, so the validation loss never
+    improves and, with `patience=1`, each phase lasts two epochs.
+
+    >>> unfreeze = difflr.callbacks.GradualUnfreezing(
+    ...     groups, monitor="val_loss", patience=1, multipliers=rates)
+    >>> model.compile(difflr.LRMultiplier(keras.optimizers.SGD(0.0)),
+    ...               loss="mse")
+    >>> data = (np.ones((8, 4)), np.zeros((8, 1)))
+    >>> history = model.fit(*data, validation_data=data, epochs=5,
+    ...                     callbacks=[unfreeze], verbose=0)
+    >>> history.history["unfrozen_groups"]
+    [0, 0, 1, 1, 2]
+    >>> unfreeze.opened_at  # body1, body2, head
+    [4, 2, 0]
     """
 
     def __init__(self, groups=None, every=None, schedule=None,
-                 multipliers=None, ramp_epochs=0, train_bn=True, verbose=0):
+                 multipliers=None, ramp_epochs=0, train_bn=True, verbose=0,
+                 monitor=None, patience=None, min_delta=None, mode=None,
+                 restore_best_weights=None):
         super().__init__(groups, every, schedule, multipliers, ramp_epochs,
-                         train_bn, verbose, who=_WHO)
+                         train_bn, verbose, who=_WHO, monitor=monitor,
+                         patience=patience, min_delta=min_delta, mode=mode,
+                         restore_best_weights=restore_best_weights)
