@@ -14,11 +14,24 @@ __all__ = [
     "__version__",
 ]
 
-# `python -m difflr` imports this package before `difflr/__main__.py` runs,
-# with `sys.argv[0] == "-m"` meanwhile: Keras is left out then, so that
-# `--help` answers at once and a missing backend is explained, and
-# `__main__` imports the rest once it has parsed its arguments.
-if sys.argv[:1] != ["-m"]:
+
+
+def _starting_cli():
+    """Whether this import is `python -m difflr` importing its own package.
+
+    Then Keras is left out, so that `--help` answers at once and a missing
+    backend is explained; `difflr/__main__.py` imports the rest once it has
+    parsed its arguments. `sys.argv[0]` is "-m" while the package of any
+    module run with `-m` is imported, so the command line must name difflr.
+    """
+    if sys.argv[:1] != ["-m"]:
+        return False
+    argv = list(getattr(sys, "orig_argv", []))
+    at = argv.index("-m") if "-m" in argv else -1
+    return at > 0 and argv[at + 1:at + 2] == ["difflr"]
+
+
+if not _starting_cli():
     from difflr import _backend
 
     _backend.check_keras_imports()  # a missing backend, explained

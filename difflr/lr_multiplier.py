@@ -40,6 +40,20 @@ def _not_autographed(method):
     return tf.autograph.experimental.do_not_convert(method)
 
 
+# Settings decided per variable when the optimizer is built.
+_DECIDED_AT_BUILD = ("weight_decay", "adam_weight_decay")
+
+
+def _check_settable(optimizer, name):
+    if name in _DECIDED_AT_BUILD and optimizer.__dict__.get("built"):
+        raise ValueError(
+            f"LRMultiplier.{name} was set after the optimizer was built, when "
+            "each variable's weight decay is already decided. Set it on the "
+            "wrapped optimizer before `fit`, or change the decay per variable "
+            "with `set_multipliers(decay_multipliers=...)`."
+        )
+
+
 def _delegated(name, own):
     """A property that reads and writes the wrapped optimizer's `name`. The
     base class's `__init__` and `build` see the wrapper's `own` value."""
@@ -53,6 +67,7 @@ def _delegated(name, own):
     def set(self, value):
         inner = self.__dict__.get("inner_optimizer")
         if inner is not None:  # (the base class sets it before there is one)
+            _check_settable(self, name)
             setattr(inner, name, value)
 
     return property(get, set, doc=f"The wrapped optimizer's `{name}`.")
@@ -173,6 +188,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if name in self._UNTRACKED:
             object.__setattr__(self, name, value)
         elif self._is_inner_setting(name):
+            _check_settable(self, name)
             setattr(self.inner_optimizer, name, value)
         else:
             super().__setattr__(name, value)
@@ -401,6 +417,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         return [g for g, _ in pairs], [v for _, v in pairs]
 
     def finalize_variable_values(self, var_list):
+        if not self.built:  # (TensorFlow's fit calls it after zero epochs)
+            return
         self.inner_optimizer.finalize_variable_values(
             [v for v in var_list if self._layout.index_of(v) is not None])
 

@@ -106,3 +106,19 @@ import difflr
     assert result.returncode == 1
     assert "BackendMissing: difflr: Keras is trying to use the jax backend" in result.stderr
     assert 'pip install "keras-difflr[jax]"' in result.stderr
+
+
+def test_a_package_run_with_dash_m_that_imports_difflr_gets_all_of_it(tmp_path):
+    # `python -m mypkg.tool`: Python imports `mypkg` while `sys.argv[0]` is
+    # still "-m"; difflr must leave Keras out only for `python -m difflr`.
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import difflr\n")
+    (package / "tool.py").write_text("import difflr\nprint('has', hasattr(difflr, 'LRMultiplier'))\n")
+    env = {"KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": f"{MAIN.parent.parent}:{tmp_path}",
+           "KERAS_BACKEND": __import__("keras").backend.backend()}
+    result = subprocess.run([sys.executable, "-m", "mypkg.tool"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "has True" in result.stdout

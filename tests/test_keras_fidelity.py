@@ -1067,3 +1067,34 @@ def test_set_multipliers_compares_keys_a_linear_number_of_times(keys):
         opt.set_multipliers([(v, 0.5) for v in variables])
     assert all(opt.multiplier_for(v) == 0.5 for v in variables)
     assert _CountingPath.comparisons <= 10 * n, _CountingPath.comparisons
+
+
+def test_weight_decay_set_on_the_wrapper_after_build_is_refused():
+    """Which variables decay, and by how much, is decided when the optimizer is
+    built: a new `weight_decay` afterwards would read back but not act (plain
+    Keras on torch would apply it), so it is refused; before the build it acts
+    on the wrapped optimizer."""
+    opt = difflr.LRMultiplier(keras.optimizers.AdamW(0.01, weight_decay=0.1))
+    opt.weight_decay = 0.2
+    assert opt.inner_optimizer.weight_decay == 0.2
+    opt.build(_variables())
+    with pytest.raises(ValueError, match="weight_decay was set after the optimizer was built"):
+        opt.weight_decay = 0.9
+    assert opt.inner_optimizer.weight_decay == 0.2
+
+
+def test_a_fit_of_no_epochs_acts_as_with_the_plain_optimizer():
+    """TensorFlow's `fit` calls `finalize_variable_values` even when it runs no
+    epoch (`initial_epoch == epochs`, as when resuming a finished run), before
+    the optimizer was ever built: it acts as with a plain optimizer. (With
+    `use_ema=True` plain Keras itself fails there on TensorFlow.)"""
+    x, y = _data()
+    model = _mlp()
+    reference = _twin(model)
+    model.compile(optimizer=difflr.LRMultiplier(keras.optimizers.Adam(0.01)), loss="mse")
+    reference.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    for m in (model, reference):
+        m.fit(x, y, initial_epoch=1, epochs=1, verbose=0)
+    for a, b in zip(_weights(model.trainable_variables),
+                    _weights(reference.trainable_variables)):
+        np.testing.assert_array_equal(a, b)
