@@ -6,10 +6,12 @@ such files keep loading.
 Run from a checkout of that commit:
 
     git worktree add /tmp/old 8320ca4
-    PYTHONPATH=/tmp/old KERAS_BACKEND=torch python tests/data/make_saved_v0_1_0.py
+    PYTHONPATH=/tmp/old KERAS_BACKEND=jax python tests/data/make_saved_v0_1_0.py
 
 with the oldest supported Keras (3.12.0), so that every supported Keras loads
-the file (one saved by Keras 3.15 has a `Dense` config that 3.12 refuses).
+the file (one saved by Keras 3.15 has a `Dense` config that 3.12 refuses),
+on JAX (Keras 3.16 loads an optimizer saved on torch as the torch class on
+every backend).
 
 The model: Dense layers under AdamW with layer rules (saved resolved), a
 decay multiplier, and one layer paused after the build (multiplier 0, its
