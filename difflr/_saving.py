@@ -129,9 +129,25 @@ def from_config(config, custom_objects=None):
             "intact: load them with `keras.models.load_model(path, "
             "compile=False)` and compile with a new `difflr.LRMultiplier`."
         )
-    optimizer = keras.optimizers.deserialize(
-        config.pop("optimizer"), custom_objects=custom_objects)
+    optimizer = _wrapped_from_config(config.pop("optimizer"), custom_objects)
     resolution = SavedResolution.from_config(config.pop("saved_resolution", None))
     for key in ("multipliers", "decay_multipliers"):
         config[key] = _rules.from_config(config.get(key) or [], custom_objects)
     return optimizer, config, resolution
+
+
+def _wrapped_from_config(config, custom_objects=None):
+    """The wrapped optimizer, from its serialized form.
+
+    One of Keras's own is rebuilt by its name, for the backend running now:
+    a file saved on torch names the torch backend's class (`module` is
+    `keras.src.backend.torch.optimizers...`), which Keras 3.16 would load as
+    such on every backend, where it cannot run.
+    """
+    if isinstance(config, dict):
+        name = config.get("class_name", "")
+        module = config.get("module") or ""
+        if module.startswith("keras.src.backend.") and getattr(
+                keras.optimizers, name, None) is not None:
+            config = {"class_name": name, "config": config["config"]}
+    return keras.optimizers.deserialize(config, custom_objects=custom_objects)

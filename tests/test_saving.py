@@ -183,3 +183,37 @@ def test_a_file_saved_before_the_restructuring_loads_and_trains_on():
         if v.path.startswith("middle/"):
             np.testing.assert_array_equal(to_numpy(v), np.float32(after[v.path]))
         assert_close(v, np.float32(after[v.path]), what=v.path)
+
+
+def test_a_file_saved_on_torch_loads_and_trains_on_the_other_backends(tmp_path):
+    """The wrapped optimizer of a file saved on torch is serialized as the torch
+    backend's class; it is rebuilt for the backend that loads it (Keras 3.16
+    would load the torch class on JAX and TensorFlow, where it cannot run).
+    The loaded model then trains as one compiled here from the same weights."""
+    path = tmp_path / "torch.keras"
+    code = textwrap.dedent(f"""
+        import numpy as np, keras, difflr
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        body = keras.layers.Dense(3, name="body")
+        model = keras.Model(inputs, keras.layers.Dense(2, name="head")(body(inputs)))
+        model.compile(difflr.LRMultiplier(keras.optimizers.AdamW(0.01), {{body: 0.5}}), "mse")
+        model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0)
+        model.save({str(path)!r})
+    """)
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__))]
+                                          + sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                   capture_output=True, text=True)
+    loaded = keras.models.load_model(path)
+    reference = keras.models.load_model(path, compile=False)
+    body = reference.get_layer("body")
+    reference.compile(difflr.LRMultiplier(keras.optimizers.AdamW(0.01), {body: 0.5}), "mse")
+    reference.optimizer.build(reference.trainable_variables)
+    reference.optimizer.set_weights([to_numpy(v) for v in loaded.optimizer.variables])
+    x, y = _data()
+    for m in (loaded, reference):
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(loaded.trainable_variables, reference.trainable_variables):
+        assert_close(a, b, what=a.path)
