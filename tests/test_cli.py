@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -65,23 +66,21 @@ def test_main_reports_a_missing_backend_instead_of_a_traceback(monkeypatch, caps
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_unimportable_backend_module_in_a_subprocess(backend, tmp_path):
     # `python -m difflr check` in a process where the backend's module
-    # cannot be imported, as on a machine without it (`runpy` runs the
-    # package as `python -m` does, after the blocker is in place).
-    code = f"""
-import runpy, sys
+    # cannot be imported, as on a machine without it (a sitecustomize blocks
+    # it before anything else runs).
+    (tmp_path / "sitecustomize.py").write_text(f"""
+import sys
 class Missing:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == {backend!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Missing())
-sys.argv = ["-m", "check"]
-runpy.run_module("difflr", run_name="__main__", alter_sys=True)
-"""
+""")
     env = {"KERAS_BACKEND": backend, "KERAS_HOME": str(tmp_path),
            "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(MAIN.parent.parent)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                            text=True, env=env)
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{MAIN.parent.parent}"}
+    result = subprocess.run([sys.executable, "-m", "difflr", "check"],
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 1, result.stderr
     assert f"trying to use the {backend} backend" in result.stderr
     assert f'pip install "keras-difflr[{backend}]"' in result.stderr
