@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from difflr import _checks
-from difflr.lr_multiplier import LRMultiplier
+from difflr.lr_multiplier import find_lr_multiplier
 
 _WHO = "difflr.lr_find"
 # `model.fit` arguments that `lr_find` sets itself, or that have no place in
@@ -323,16 +323,7 @@ def _check_model(model):
             "weights to restore after the sweep. Build it first (give it an "
             "`Input`, or call it on a batch)."
         )
-    opt = model.optimizer
-    while isinstance(opt, keras.optimizers.LossScaleOptimizer):
-        opt = opt.inner_optimizer
-    if not isinstance(opt, LRMultiplier):
-        raise TypeError(
-            f"{_WHO} needs the model '{model.name}' to be compiled with a "
-            f"difflr.LRMultiplier optimizer; its optimizer is "
-            f"{type(model.optimizer).__name__}. Compile with "
-            "`optimizer=difflr.LRMultiplier(<your optimizer>, ...)`."
-        )
+    opt = find_lr_multiplier(model.optimizer, _WHO)
     steps = getattr(model, "steps_per_execution", 1) or 1
     if int(steps) != 1:
         raise ValueError(

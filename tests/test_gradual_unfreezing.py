@@ -75,6 +75,27 @@ def mlp_sgd_reference(params, x, y, rates, momentum=0.0, wd=0.0):
     return history
 
 
+def assert_groups_open_at(recorder, initial, x, y, unfreeze_at):
+    """Each group's variables (two per group: the mlp's g0, g1, head) keep
+    their initial values before the epoch it opens at and move from then on,
+    every epoch as plain SGD (rate 0.1 x 0.25, 0.5, 1; momentum 0.9, weight
+    decay 0.01) with the group's rate 0 until it opens: two steps an epoch."""
+    for epoch, weights in enumerate(recorder.weights):
+        for i, (w, w0) in enumerate(zip(weights, initial)):
+            if epoch < unfreeze_at[i // 2]:
+                np.testing.assert_array_equal(w, w0, err_msg=f"epoch {epoch}, {i}")
+            else:
+                assert not np.array_equal(w, w0), f"epoch {epoch}, variable {i}"
+    rates = [[0.1 * m if step // 2 >= u else 0.0
+              for m, u in zip([0.25, 0.5, 1.0], unfreeze_at)]
+             for step in range(2 * len(recorder.weights))]
+    expected = mlp_sgd_reference(initial, x, y, rates, momentum=0.9, wd=0.01)[1::2]
+    for epoch, (weights, reference) in enumerate(zip(recorder.weights, expected)):
+        for i, (w, r) in enumerate(zip(weights, reference)):
+            np.testing.assert_allclose(w, r, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"epoch {epoch}, variable {i}")
+
+
 def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
     x, y = data()
     model, groups = mlp()
@@ -92,20 +113,7 @@ def test_groups_freeze_and_unfreeze_exactly_on_schedule_inside_one_fit():
     unfreeze_at = [2, 1, 0]  # every=1: the head, then g1, then g0
     assert recorder.multipliers == [
         [0.0, 0.0, 1.0], [0.0, 0.5, 1.0], [0.25, 0.5, 1.0], [0.25, 0.5, 1.0]]
-    for epoch, weights in enumerate(recorder.weights):
-        for i, (w, w0) in enumerate(zip(weights, initial)):
-            if epoch < unfreeze_at[i // 2]:
-                np.testing.assert_array_equal(w, w0, err_msg=f"epoch {epoch}, {i}")
-            else:
-                assert not np.array_equal(w, w0), f"epoch {epoch}, variable {i}"
-    rates = [[0.1 * m if step // 2 >= u else 0.0
-              for m, u in zip([0.25, 0.5, 1.0], unfreeze_at)]
-             for step in range(8)]  # two steps an epoch
-    expected = mlp_sgd_reference(initial, x, y, rates, momentum=0.9, wd=0.01)[1::2]
-    for epoch, (weights, reference) in enumerate(zip(recorder.weights, expected)):
-        for i, (w, r) in enumerate(zip(weights, reference)):
-            np.testing.assert_allclose(w, r, rtol=1e-4, atol=1e-6,
-                                       err_msg=f"epoch {epoch}, variable {i}")
+    assert_groups_open_at(recorder, initial, x, y, unfreeze_at)
 
 
 def _resumable():

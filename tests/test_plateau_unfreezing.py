@@ -14,7 +14,7 @@ import keras
 import difflr
 from conftest import to_numpy
 from difflr.callbacks import GradualUnfreezing
-from test_gradual_unfreezing import Recorder, data, mlp, mlp_sgd_reference
+from test_gradual_unfreezing import Recorder, assert_groups_open_at, data, mlp
 
 
 class Script(keras.callbacks.Callback):
@@ -114,20 +114,7 @@ def test_frozen_groups_do_not_move_until_they_open_then_train_at_their_rates():
     assert unfreeze_at == [4, 2, 0]
     assert recorder.multipliers == [[0.0, 0.0, 1.0]] * 2 + [[0.0, 0.5, 1.0]] * 2 + [
         [0.25, 0.5, 1.0]] * 2
-    for epoch, weights in enumerate(recorder.weights):
-        for i, (w, w0) in enumerate(zip(weights, initial)):
-            if epoch < unfreeze_at[i // 2]:
-                np.testing.assert_array_equal(w, w0, err_msg=f"epoch {epoch}, {i}")
-            else:
-                assert not np.array_equal(w, w0), f"epoch {epoch}, variable {i}"
-    rates = [[0.1 * m if step // 2 >= u else 0.0
-              for m, u in zip([0.25, 0.5, 1.0], unfreeze_at)]
-             for step in range(12)]  # two steps an epoch
-    expected = mlp_sgd_reference(initial, x, y, rates, momentum=0.9, wd=0.01)[1::2]
-    for epoch, (weights, reference) in enumerate(zip(recorder.weights, expected)):
-        for i, (w, r) in enumerate(zip(weights, reference)):
-            np.testing.assert_allclose(w, r, rtol=1e-4, atol=1e-6,
-                                       err_msg=f"epoch {epoch}, variable {i}")
+    assert_groups_open_at(recorder, initial, x, y, unfreeze_at)
 
 
 def test_restore_best_weights_restores_the_best_epoch_of_the_phase_bit_for_bit():
