@@ -43,7 +43,7 @@ class Config:
 
 _ALL = tuple(arms_lib.ARMS)
 _PRETRAINED = tuple(n for n, arm in arms_lib.ARMS.items() if arm.pretrained)
-# 1 to 3 minutes on two cores, by backend (docs/demo.md has the timings):
+# Under a minute on two cores, by backend (docs/demo.md has the timings):
 # every arm but plain gradual unfreezing, and the control for the four arms
 # that tell its story.
 QUICK = Config(seeds=(0, 1), lrs=(1e-3, 1e-2, 1e-1),
