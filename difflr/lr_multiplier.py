@@ -40,6 +40,23 @@ def _not_autographed(method):
     return tf.autograph.experimental.do_not_convert(method)
 
 
+def _not_traced_by_dynamo(method):
+    """Keeps torch.compile's Dynamo out of `method` and what it calls.
+
+    An optimizer first applied inside a compiled step (a custom loop under
+    `torch.compile`) is built there. difflr's build resolves the rules on the
+    host (it searches the call stack for the model, makes NumPy vectors),
+    where Dynamo would break the graph at each step of the way; run eagerly,
+    the whole build is one break, at the first call only. Keras's own build
+    breaks there too, at each variable it creates.
+    """
+    if keras.backend.backend() != "torch":
+        return method
+    import torch
+
+    return torch.compiler.disable(method)
+
+
 # Settings decided per variable when the optimizer is built.
 _DECIDED_AT_BUILD = ("weight_decay", "adam_weight_decay")
 
@@ -290,6 +307,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         return own + self.inner_optimizer.variables
 
     @_not_autographed
+    @_not_traced_by_dynamo
     def build(self, var_list):
         """Resolves the rules for `var_list` and builds the wrapped optimizer.
 

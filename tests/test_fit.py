@@ -41,8 +41,6 @@ def _numpy_sgd_reference(w, b, x, y, lrs, mults, wd, momentum):
 
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_compiled_fit_matches_a_numpy_reference(jit_compile):
-    if backend() == "torch" and jit_compile:
-        pytest.skip("torch runs eagerly here; jit_compile=True would use torch.compile")
     x, y = _data()
     model, dense = _linear_model()
     w0, b0 = to_numpy(dense.kernel).copy(), to_numpy(dense.bias).copy()

@@ -18,6 +18,10 @@ single fused update whatever the number of distinct multipliers:
 The decoupled weight decay of all decayed variables is one more call,
 `v <- v * (1 - lr * m * d * weight_decay)`. A paused variable (m = 0) runs at
 rate 0 or is left out, as `difflr._pause` says.
+
+Under torch.compile, a plan from host floats would be compiled into the
+graph: the hooks hand over to `torch_traced`, which reads the multipliers
+from tensors.
 """
 
 import math
@@ -27,8 +31,8 @@ import torch
 import keras
 
 from difflr import _keras_compat
-from difflr._update import torch_adam
-from difflr._update import torch_sgd
+from difflr._update import torch_kernels
+from difflr._update import torch_traced
 from difflr._update.base import FULL_PRECISION
 from difflr._update.base import decay_then_update
 
@@ -44,6 +48,7 @@ class TorchUpdate:
         full = all(v.dtype in FULL_PRECISION for v in layout.tracked_variables)
         self.step_form = full and _keras_compat.scaling(optimizer) == "step"
         self._plan = None  # (signature, Plan)
+        self._traced = torch_traced.TracedUpdate(self)
 
     def before_apply(self):
         _refuse_unsynchronised_fit()
@@ -53,6 +58,8 @@ class TorchUpdate:
 
     def update_step(self, original, gradient, variable, learning_rate):
         """One variable, eagerly (optimizers without a fused update)."""
+        if torch_traced.is_tracing():
+            return self._traced.update_step(original, gradient, variable, learning_rate)
         index = self.layout.index_of(variable)
         if index is None:
             return original(gradient, variable, learning_rate)
@@ -67,6 +74,9 @@ class TorchUpdate:
 
     def parallel_update_step(self, original, grads, variables, learning_rate):
         """All variables at once: Keras's fused update, per `Plan`."""
+        if torch_traced.is_tracing():
+            return self._traced.parallel_update_step(
+                original, grads, variables, learning_rate)
         plan = self.plan(variables)
         if not plan.running:
             self._advance_global_state(original, grads, variables, learning_rate)
@@ -97,10 +107,10 @@ class TorchUpdate:
     def _update_by_group(self, original, plan, grads, variables, learning_rate):
         # Per-step global state (Nadam's) advances once per step, not once
         # per group: each group after the first starts from the step's start.
-        begin = _snapshot(self.layout.global_state if len(plan.groups) > 1 else ())
+        begin = torch_kernels.snapshot(self.layout.global_state if len(plan.groups) > 1 else ())
         for k, (m, positions) in enumerate(plan.groups):
             if k:
-                _restore(begin)
+                torch_kernels.restore(begin)
             original([grads[p] for p in positions],
                      [variables[p] for p in positions], learning_rate * m)
 
@@ -110,9 +120,9 @@ class TorchUpdate:
         if not self.layout.global_state:
             return
         index = self.layout.index_of(variables[0])
-        kept = _snapshot([variables[0]] + self.layout.slots[index])
+        kept = torch_kernels.snapshot([variables[0]] + self.layout.slots[index])
         original(grads[:1], variables[:1], learning_rate)
-        _restore(kept)
+        torch_kernels.restore(kept)
 
     def plan(self, variables):
         """The `Plan` of one fused update of `variables`, cached until the
@@ -169,7 +179,7 @@ class Plan:
 
     def _form(self, update, variables):
         """`"rates"`, `"step"` or `"groups"`, for more than one multiplier."""
-        self.kernel = _kernel(update.optimizer, [variables[p] for p in self.running])
+        self.kernel = torch_kernels.kernel(update.optimizer, [variables[p] for p in self.running])
         if self.kernel is not None:
             return "rates"
         if not update.step_form:
@@ -203,27 +213,6 @@ class Scalars:
         else:
             buffer.copy_(vector)
         return self._views
-
-
-def _snapshot(variables):
-    return [(v, v.value.clone()) for v in variables]
-
-
-def _restore(snapshot):
-    for v, value in snapshot:
-        v.value.copy_(value)
-
-
-def _kernel(optimizer, variables):
-    """Keras's fused update of `optimizer` with one rate per variable, if
-    difflr restates it (`torch_sgd`, `torch_adam`), else None."""
-    if not _keras_compat.has_fused_update(optimizer):
-        return None
-    if _keras_compat.updates_as(optimizer, keras.optimizers.SGD):
-        return torch_sgd.update_with_rates(optimizer, variables)
-    if _keras_compat.updates_as(optimizer, keras.optimizers.Adam):
-        return torch_adam.update_with_rates(optimizer, variables)
-    return None
 
 
 def _refuse_unsynchronised_fit():
