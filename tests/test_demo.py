@@ -94,6 +94,44 @@ def test_permute_pixels_is_one_fixed_permutation_per_seed():
     assert not np.array_equal(data.permute_pixels(x, seed=1), shuffled)
 
 
+def _hand_shifts(image):
+    """`image` (2-D) moved one pixel down, up, right and left, zeros in."""
+    down, up, right, left = (np.zeros_like(image) for _ in range(4))
+    down[1:], up[:-1] = image[:-1], image[1:]
+    right[:, 1:], left[:, :-1] = image[:, :-1], image[:, 1:]
+    return [down, up, right, left]
+
+
+def test_translate_moves_each_image_one_pixel_in_a_drawn_direction():
+    x = np.random.default_rng(0).random((200, 5, 6, 1)).astype("float32")
+    moved = data.translate(x, seed=0)
+    assert moved.shape == x.shape and moved.dtype == x.dtype
+    directions = []
+    for image, out in zip(x[..., 0], moved[..., 0]):
+        matches = [k for k, shifted in enumerate(_hand_shifts(image))
+                   if np.array_equal(out, shifted)]
+        assert len(matches) == 1  # exactly one of the four, never unmoved
+        directions.append(matches[0])
+    assert sorted(set(directions)) == [0, 1, 2, 3]  # all four are drawn
+    np.testing.assert_array_equal(data.translate(x, seed=0), moved)
+    assert not np.array_equal(data.translate(x, seed=1), moved)
+
+
+def test_add_noise_is_gaussian_of_the_stated_std_drawn_per_seed_and_clipped():
+    x = np.full((4000, 8, 8, 1), 0.5, dtype="float32")
+    noisy = data.add_noise(x, seed=0)
+    assert noisy.dtype == np.float32 and noisy.min() >= 0 and noisy.max() <= 1
+    # The documented draw: seed [seed, 4], std NOISE_STD, clipped to [0, 1].
+    noise = np.random.default_rng([0, 4]).normal(0.0, data.NOISE_STD, x.shape)
+    np.testing.assert_allclose(noisy, np.clip(0.5 + noise, 0, 1), atol=1e-7)
+    inside = np.abs(noise) < 0.5  # the pixels clipping left alone
+    assert np.std(noisy[inside] - 0.5) == pytest.approx(
+        np.std(noise[inside]), rel=1e-5)
+    assert np.std(noise) == pytest.approx(data.NOISE_STD, rel=0.01)
+    np.testing.assert_array_equal(data.add_noise(x, seed=0), noisy)
+    assert not np.array_equal(data.add_noise(x, seed=1), noisy)
+
+
 # Arms.
 
 def _model():
@@ -202,24 +240,123 @@ def test_run_is_deterministic_and_pretrains_once_per_seed():
         ("digits", "freez+discr", 0, 0.01)]
     assert len(lines) == 2
     assert re.fullmatch(r"seed 0  digits   pretrained: 10-way accuracy "
-                        r"0\.\d{3} on the other half  \(\d+\.\d s\)", lines[0])
+                        r"0\.\d{3} on the test images  \(\d+\.\d s\)", lines[0])
     assert re.fullmatch(r"seed 0  digits   freez\+discr  accuracy at lr 0\.01: "
                         r"0\.\d{3}  "
                         r"\(\d+\.\d s\)", lines[1])
-    # 851 test images: an accuracy is a whole number of them.
-    correct = first.runs[0]["accuracy"] * 851
-    assert correct == pytest.approx(round(correct))
+    assert list(first.runs[0])[4:] == list(experiment.MEASURES)
+    # 851 test images: every measure is a whole number of them.
+    for value in [first.pretraining[0]["heldout_accuracy"]] + [
+            first.runs[0][name] for name in experiment.MEASURES]:
+        assert 0 <= value <= 1 and value * 851 == pytest.approx(round(value * 851))
 
 
-def test_scratch_does_not_run_on_the_control():
-    config = dataclasses.replace(experiment.QUICK, arms=("scratch", "full"),
-                                 control_arms=("scratch", "full"))
-    assert experiment.sources(config) == ("digits", "control")
-    assert [a.name for a in experiment.arms_for(config, "digits")] == [
-        "scratch", "full"]
-    assert [a.name for a in experiment.arms_for(config, "control")] == ["full"]
-    no_control = dataclasses.replace(config, control_arms=())
-    assert experiment.sources(no_control) == ("digits",)
+def test_a_frozen_body_retains_exactly_what_the_pretrained_network_scored():
+    # The probe's body does not move (multiplier 0): with the pretrained head
+    # put back, it is the pretrained network, on the same images. On the
+    # control too, whose head reads pixel-shuffled images.
+    config = dataclasses.replace(experiment.QUICK, arms=("scratch", "probe", "full"),
+                                 control_arms=("probe",), **TINY)
+    results = experiment.run(config, log=lambda line: None)
+    pretrained = {p["source"]: p["heldout_accuracy"] for p in results.pretraining}
+    run = {(r["source"], r["arm"]): r for r in results.runs}
+    assert run["digits", "probe"]["retained"] == pretrained["digits"]
+    assert run["control", "probe"]["retained"] == pretrained["control"]
+    assert run["digits", "full"]["retained"] != pretrained["digits"]  # it moved
+    assert run["digits", "scratch"]["retained"] is None  # nothing pretrained
+    assert run["digits", "scratch"]["translated"] is not None
+
+
+def test_eval_sets_shift_the_images_by_seed_and_shuffle_them_for_the_control():
+    x, y = data.load()
+    x, digits = x[:30], y[:30]
+    for source in ("digits", "control"):
+        tests = experiment.eval_sets(x, digits, seed=3, source=source)
+        np.testing.assert_array_equal(tests.x, x)
+        np.testing.assert_array_equal(tests.y, digits % 3)
+        np.testing.assert_array_equal(tests.y_pretask, digits)
+        assert list(tests.shifted) == ["translated", "noisy"]
+        np.testing.assert_array_equal(tests.shifted["translated"],
+                                      data.translate(x, 3))
+        np.testing.assert_array_equal(tests.shifted["noisy"], data.add_noise(x, 3))
+        pixels = data.permute_pixels(x, 3) if source == "control" else x
+        np.testing.assert_array_equal(tests.x_pretask, pixels)
+
+
+# A NumPy forward pass of the demo's network: the independent reference for
+# what `experiment.evaluate` measures.
+
+def _np_conv(x, kernel, bias, stride):
+    """A 'same' convolution, padded as Keras pads it (an odd pixel at the end)."""
+    size, (n, height, width, _) = kernel.shape[0], x.shape
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h = max((out_h - 1) * stride + size - height, 0)
+    pad_w = max((out_w - 1) * stride + size - width, 0)
+    x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((n, out_h, out_w, kernel.shape[3]))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = x[:, i * stride:i * stride + size, j * stride:j * stride + size]
+            out[:, i, j] = np.tensordot(patch, kernel, axes=3)
+    return out + bias
+
+
+def _np_logits(body_weights, head_weights, x):
+    conv1_k, conv1_b, conv2_k, conv2_b, fc_k, fc_b = body_weights
+    h = np.maximum(_np_conv(x.astype("float64"), conv1_k, conv1_b, 1), 0)
+    h = np.maximum(_np_conv(h, conv2_k, conv2_b, 2), 0)
+    h = np.maximum(h.reshape(len(h), -1) @ fc_k + fc_b, 0)
+    return h @ head_weights[0] + head_weights[1]
+
+
+def _known(rng, shape, fan_in):
+    return rng.normal(0, np.sqrt(2 / fan_in), shape).astype("float32")
+
+
+def _known_head(rng, body_weights, x, classes):
+    """A random kernel, and a bias that centres its logits on `x`."""
+    kernel = _known(rng, (64, classes), 64)
+    identity = [np.eye(64, dtype="float32"), np.zeros(64, "float32")]
+    features = _np_logits(body_weights, identity, x)
+    return [kernel, (-features.mean(axis=0) @ kernel).astype("float32")]
+
+
+def test_evaluate_against_a_numpy_forward_pass():
+    # A known body and heads, known images and shifts, labels drawn at
+    # random: each measure is the accuracy NumPy's forward pass gives.
+    rng = np.random.default_rng(1)
+    model = _model()
+    body = model.get_layer("body")
+    body.set_weights([_known(rng, w.shape, np.prod(w.shape[:-1]) if w.ndim > 1
+                             else 100) for w in body.get_weights()])
+    x = data.load()[0][:60]  # real digits: features that differ
+    head = _known_head(rng, body.get_weights(), x, 3)
+    model.get_layer("head").set_weights(head)
+    pretrained_weights = _known_head(rng, body.get_weights(), x, 10)
+    pretrained = network.build_head(pretrained_weights)
+    right = np.zeros_like(x)
+    right[:, :, 1:] = x[:, :, :-1]  # every image moved one pixel right
+    brighter = np.clip(x + 0.3, 0, 1)
+    flipped = x[:, ::-1]  # stands in for the control's pixel order
+    y, digits = rng.integers(0, 3, 60), rng.integers(0, 10, 60)
+    tests = experiment.EvalSets(x, y, {"translated": right, "noisy": brighter},
+                                flipped, digits)
+    expected = {}
+    for name, images, weights, labels in [
+            ("accuracy", x, head, y), ("retained", flipped, pretrained_weights, digits),
+            ("translated", right, head, y), ("noisy", brighter, head, y)]:
+        logits = _np_logits(body.get_weights(), weights, images)
+        top = np.sort(logits, axis=1)
+        assert np.min(top[:, -1] - top[:, -2]) > 1e-4  # no tie float32 could flip
+        expected[name] = np.mean(np.argmax(logits, axis=1) == labels)
+    assert len(set(expected.values())) == 4  # a mix-up would show
+    assert experiment.evaluate(model, pretrained, tests) == pytest.approx(
+        expected, rel=0, abs=1e-12)
+    without = experiment.evaluate(model, None, tests)  # a body not pretrained
+    assert without.pop("retained") is None
+    assert without == pytest.approx(
+        {k: v for k, v in expected.items() if k != "retained"}, rel=0, abs=1e-12)
 
 
 # Report.
@@ -227,9 +364,11 @@ def test_scratch_does_not_run_on_the_control():
 def _fake_results():
     config = dataclasses.replace(experiment.QUICK, seeds=(0, 1, 2),
                                  lrs=(0.001, 0.01),
-                                 arms=("probe", "full", "discr"),
+                                 arms=("scratch", "probe", "full", "discr"),
                                  control_arms=("discr",))
     accuracy = {  # (source, arm, lr) -> per seed
+        ("digits", "scratch", 0.001): [0.6, 0.6, 0.6],
+        ("digits", "scratch", 0.01): [0.7, 0.7, 0.7],
         ("digits", "probe", 0.001): [0.5, 0.6, 0.7],
         ("digits", "probe", 0.01): [0.8, 0.8, 0.8],
         ("digits", "full", 0.001): [0.7, 0.8, 0.6],
@@ -239,7 +378,19 @@ def _fake_results():
         ("control", "discr", 0.001): [0.4, 0.4, 0.4],
         ("control", "discr", 0.01): [0.5, 0.6, 0.7],
     }
-    runs = [dict(source=s, arm=a, seed=seed, lr=lr, accuracy=v[seed])
+    retained = {  # full retains most at 0.01, which is not its best rate
+        ("digits", "probe", 0.001): [0.9, 0.9, 0.9],
+        ("digits", "probe", 0.01): [0.9, 0.9, 0.9],
+        ("digits", "full", 0.001): [0.5, 0.4, 0.6],
+        ("digits", "full", 0.01): [0.8, 0.8, 0.8],
+        ("digits", "discr", 0.001): [0.7, 0.8, 0.6],
+        ("digits", "discr", 0.01): [0.3, 0.4, 0.5],
+        ("control", "discr", 0.001): [0.5, 0.5, 0.5],
+        ("control", "discr", 0.01): [0.1, 0.2, 0.3],
+    }
+    runs = [dict(source=s, arm=a, seed=seed, lr=lr, accuracy=v[seed],
+                 retained=retained.get((s, a, lr), [None] * 3)[seed],
+                 translated=round(v[seed] - 0.2, 6), noisy=0.5)
             for (s, a, lr), v in accuracy.items() for seed in range(3)]
     pretraining = [dict(source=s, seed=seed, heldout_accuracy=0.9)
                    for s in ("digits", "control") for seed in range(3)]
@@ -249,9 +400,9 @@ def _fake_results():
 def test_summary_best_worst_mean_sample_std_and_paired_difference():
     summaries = report.summarize(_fake_results())
     assert [(s.source, s.arm) for s in summaries] == [
-        ("digits", "probe"), ("digits", "full"), ("digits", "discr"),
-        ("control", "discr")]
-    probe, full, discr, control = summaries
+        ("digits", "scratch"), ("digits", "probe"), ("digits", "full"),
+        ("digits", "discr"), ("control", "discr")]
+    scratch, probe, full, discr, control = summaries
     assert probe.means == pytest.approx([0.6, 0.8])
     assert probe.stds == pytest.approx([0.1, 0.0], abs=1e-12)  # ddof=1
     assert (probe.best, probe.worst) == (1, 0)
@@ -280,6 +431,44 @@ def test_summary_best_worst_mean_sample_std_and_paired_difference():
             "0.400 ± 0.000    0.001\n") in control_part
 
 
+def test_what_was_kept_is_taken_at_the_best_rate_for_the_new_task():
+    scratch, probe, full, discr, control = report.summarize(_fake_results())
+    assert list(probe.measures) == list(experiment.MEASURES)
+    assert "retained" not in scratch.measures  # its body was not pretrained
+    assert full.measures["retained"].means == pytest.approx([0.5, 0.8])
+    assert full.measures["retained"].vs_full is None
+    # At the best rates for the new task, paired by seed, minus full's
+    # [0.5, 0.4, 0.6] at 0.001 (not its 0.8 at 0.01):
+    # probe [0.9] * 3 at 0.01; discr [0.7, 0.8, 0.6] at 0.001.
+    assert probe.measures["retained"].vs_full[:2] == pytest.approx((0.4, 0.1))
+    assert probe.measures["retained"].vs_full[2:] == (3, 3)
+    assert discr.measures["retained"].vs_full[:2] == pytest.approx((0.2, 0.2))
+    assert discr.measures["retained"].vs_full[2:] == (2, 3)
+    # translated is accuracy - 0.2: the same differences; noisy ties.
+    assert discr.measures["translated"].vs_full[:2] == pytest.approx(
+        (0.1, np.sqrt(0.03)))
+    assert scratch.measures["noisy"].vs_full[:2] == pytest.approx((0, 0), abs=1e-12)
+    assert scratch.measures["noisy"].vs_full[2:] == (0, 3)
+    assert control.measures["retained"].means == pytest.approx([0.5, 0.2])
+    text = report.table(_fake_results())
+    assert "(the pretrained network: 0.900)" in text
+    assert ("probe        0.01    0.900 ± 0.000    +0.400 ± 0.100 (3/3)  "
+            "0.600 ± 0.000    +0.100 ± 0.100 (2/3)  0.500 ± 0.000    "
+            "+0.000 ± 0.000 (0/3)\n") in text
+    assert ("scratch      0.01    -                -                     "
+            "0.500 ± 0.000    ") in text  # no retained accuracy
+    assert ("full         0.001   0.500 ± 0.100    -                     "
+            "0.500 ± 0.100    -                     0.500 ± 0.000    -\n") in text
+    assert ("mean retained 10-way accuracy at each base learning rate\n"
+            "arm             0.001     0.01\n"
+            "scratch             -        -\n"
+            "probe           0.900    0.900\n"
+            "full            0.500    0.800\n") in text
+    control_part = text[text.index("Control: pretrained on pixel-shuffled"):]
+    assert "pixels shuffled as in its pretraining" in control_part
+    assert "discr        0.01    0.200 ± 0.100    0.400 ± 0.100" in control_part
+
+
 def test_one_seed_has_no_std():
     results = _fake_results()
     results.config = dataclasses.replace(results.config, seeds=(0,))
@@ -296,16 +485,29 @@ def test_files_are_written_whole_with_the_right_columns(tmp_path):
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == report.CSV_COLUMNS == (
-        "source", "arm", "ulmfit_row", "seed", "base_lr", "test_accuracy")
+        "source", "arm", "ulmfit_row", "seed", "base_lr", "test_accuracy",
+        "retained_accuracy", "translated_accuracy", "noisy_accuracy")
     assert len(rows) == 1 + len(results.runs)
-    assert rows[1] == ["digits", "probe", "Last", "0", "0.001", "0.5"]
+    assert rows[1] == ["digits", "scratch", "From scratch", "0", "0.001",
+                       "0.6", "", "0.4", "0.5"]  # no retained for scratch
+    assert rows[7] == ["digits", "probe", "Last", "0", "0.001", "0.5", "0.9",
+                       "0.3", "0.5"]
     md = (tmp_path / "results.md").read_text()
     assert "Command: `python -m difflr demo --quick`" in md
     assert ("| discr | Full + discr | 0.800 ± 0.100 | 0.001 | 0.700 ± 0.173 "
             "| 0.01 | +0.100 ± 0.173 (2/3) |") in md
     assert "| full | Full | 0.700 ± 0.100 | 0.001 | 0.600 ± 0.100 | 0.01 | - |" in md
+    assert ("| arm | at lr | retained 10-way | retained 10-way - full, paired "
+            "| translated | translated - full, paired | noisy | noisy - full, "
+            "paired |") in md
+    assert ("| probe | 0.01 | 0.900 ± 0.000 | +0.400 ± 0.100 (3/3) | "
+            "0.600 ± 0.000 | +0.100 ± 0.100 (2/3) | 0.500 ± 0.000 | "
+            "+0.000 ± 0.000 (0/3) |") in md
+    assert "| scratch | - | - |" in md  # its retained accuracy over the grid
+    assert "(forgetting_and_shift.png)" in md
     assert f"{os.cpu_count()} cores" in md and keras.__version__ in md
-    for png in ("accuracy_vs_lr.png", "learning_rates.png"):
+    for png in ("accuracy_vs_lr.png", "learning_rates.png",
+                "forgetting_and_shift.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     umask = os.umask(0)
     os.umask(umask)

@@ -39,6 +39,12 @@ rate) and the same seeds. The table gives, per arm, the best and the worst
 mean accuracy over the grid, with the standard deviation over seeds. The
 control pretrains on pixel-shuffled images, whose features do not transfer.
 
+Each run also measures what fine-tuning kept: forgetting (the pretrained
+10-way head put back on the fine-tuned body, on the test images) and the new
+task's accuracy under two shifts of the test images (moved one pixel, a shift
+pretraining showed; Gaussian noise, one it did not), reported at each arm's
+best rate and over the grid.
+
 Runs are deterministic for a given seed and backend. The backend is the one
 KERAS_BACKEND selects. Needs scikit-learn and matplotlib:
 `pip install keras-difflr[demo]`.
@@ -121,9 +127,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--out", metavar="DIR",
         help="also write results.csv (one row per run), results.md (the "
-             "tables, setup and machine) and two PNG plots "
-             "(accuracy_vs_lr.png, learning_rates.png) into DIR, created if "
-             "missing; existing files of those names are replaced")
+             "tables, setup and machine) and three PNG plots "
+             "(accuracy_vs_lr.png, forgetting_and_shift.png, "
+             "learning_rates.png) into DIR, created if missing; existing "
+             "files of those names are replaced")
     parser.add_argument(
         "--seeds", metavar="N", type=_count("--seeds", 1, 100),
         help="run seeds 0 to N-1 instead of the preset's")

@@ -13,6 +13,13 @@ same way for every seed, into two disjoint halves, stratified by digit:
 The control pretrains on images whose pixels are shuffled by one fixed
 permutation (per seed): the labels are as learnable as before, but the
 features learned from them are useless on real images.
+
+Two distribution shifts of the test images, drawn per seed, measure how
+robust a fine-tuned model is to inputs no labelled image showed it:
+
+- `translate`: each image moved one pixel in one of four directions, a shift
+  that the pretraining's augmentation showed the body and fine-tuning did not;
+- `add_noise`: Gaussian noise on every pixel, a shift that neither showed.
 """
 
 import numpy as np
@@ -23,6 +30,9 @@ TASK_CLASSES = 3
 MAX_SHOTS = 50  # of at least 87 images per digit in the fine-tuning half
 # The augmentation for pretraining: the image and its four one-pixel shifts.
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+# The noise shift: a standard deviation of about five of the 16 grey levels,
+# enough to cost a fine-tuned model several points without reaching the floor.
+NOISE_STD = 0.3
 
 
 def _sklearn_digits():
@@ -112,6 +122,27 @@ def permute_pixels(x, seed):
     order = np.random.default_rng([seed, 2]).permutation(height * width)
     flat = x.reshape(n, height * width, channels)[:, order]
     return flat.reshape(x.shape)
+
+
+def translate(x, seed):
+    """`x` with each image moved one pixel in one of the four directions.
+
+    The directions are those of `shift_augment` (zeros shifted in), one drawn
+    per image from `seed`: the one-pixel shifts pretraining was shown.
+    """
+    copies, _ = shift_augment(x, np.zeros(len(x)))
+    copies = copies.reshape((len(SHIFTS),) + x.shape)
+    which = np.random.default_rng([seed, 3]).integers(1, len(SHIFTS), len(x))
+    return copies[which, np.arange(len(x))]
+
+
+def add_noise(x, seed):
+    """`x` plus Gaussian noise of std `NOISE_STD` drawn from `seed`, clipped.
+
+    Clipped to [0, 1], the range of the images.
+    """
+    noise = np.random.default_rng([seed, 4]).normal(0.0, NOISE_STD, x.shape)
+    return np.clip(x + noise, 0.0, 1.0).astype(x.dtype)
 
 
 def majority_share(shots, seed):

@@ -6,6 +6,18 @@ weights into a fresh model. Every run starts from
 `keras.utils.set_random_seed(seed)`, so within a seed all arms and rates get
 the same fresh head and the same batches: they differ only in how they treat
 the learning rates. Runs are deterministic for a given seed and backend.
+
+Each run measures, on the test images of the fine-tuning half (which no run
+trains on), in one pass of its body (`MEASURES`):
+
+- `accuracy`: the new task's test accuracy, the one the best rate is picked on;
+- `retained`: forgetting. The pretrained 10-way head, put back on the
+  fine-tuned body, classifies the digits of the same images (pixels shuffled
+  on the control, as it was pretrained); the pretrained network itself scores
+  `heldout_accuracy` of `Results.pretraining` there. None for `scratch`,
+  whose body was not pretrained;
+- `translated`, `noisy`: the new task's test accuracy on the same images under
+  each distribution shift of `SHIFTED`, drawn per seed.
 """
 
 import contextlib
@@ -21,6 +33,10 @@ from difflr.demo import network
 
 DIGITS = "digits"  # pretrained on the 10-way digit label
 CONTROL = "control"  # pretrained on pixel-shuffled images
+# The new task's test images under each shift (`data`); the same for every
+# arm and source of a seed.
+SHIFTED = {"translated": data.translate, "noisy": data.add_noise}
+MEASURES = ("accuracy", "retained") + tuple(SHIFTED)
 SOURCE_TITLES = {
     DIGITS: "Pretrained on digits 0-9 (the other half of the images)",
     CONTROL: "Control: pretrained on pixel-shuffled images "
@@ -57,9 +73,30 @@ FULL = Config(seeds=(0, 1, 2, 3, 4),
 @dataclasses.dataclass
 class Results:
     config: Config
-    runs: list  # dicts: source, arm, seed, lr, accuracy
+    runs: list  # dicts: source, arm, seed, lr and each of `MEASURES`
     pretraining: list  # dicts: source, seed, heldout_accuracy
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSets:
+    """The images a seed's runs are measured on, for one source."""
+    x: np.ndarray  # the new task's test images
+    y: np.ndarray  # their new-task labels
+    shifted: dict  # name in `SHIFTED` -> `x` under that shift
+    x_pretask: np.ndarray  # `x` as the pretraining saw images
+    y_pretask: np.ndarray  # their digit labels
+
+
+def eval_sets(x, digits, seed, source):
+    """The `EvalSets` of test images `x`, which show `digits`.
+
+    On the control, `x_pretask` has its pixels shuffled as in pretraining.
+    """
+    x_pretask = data.permute_pixels(x, seed) if source == CONTROL else x
+    return EvalSets(x, data.task_labels(digits),
+                    {name: shift(x, seed) for name, shift in SHIFTED.items()},
+                    x_pretask, digits)
 
 
 def sources(config):
@@ -96,22 +133,23 @@ def run(config, log=print):
                                                 seed)
             x_train = np.tile(x[train_idx], (config.repeats, 1, 1, 1))
             y_train = np.tile(data.task_labels(y[train_idx]), config.repeats)
-            x_test, y_test = x[test_idx], data.task_labels(y[test_idx])
             for source in sources(config):
+                tests = eval_sets(x[test_idx], y[test_idx], seed, source)
                 chosen = arms_for(config, source)
-                weights = None
+                pretrained = None
                 if any(arm.pretrained for arm in chosen):
-                    weights = _pretrain(x, y, pretrain_idx, finetune_idx,
-                                        seed, source, config, pretraining, log)
+                    pretrained = _pretrain(x[pretrain_idx], y[pretrain_idx],
+                                           tests, seed, source, config,
+                                           pretraining, log)
                 for arm in chosen:
                     began = time.perf_counter()
                     scores = []
                     for lr in config.lrs:
-                        accuracy = fine_tune(arm, weights, lr, seed, config,
-                                             x_train, y_train, x_test, y_test)
-                        scores.append(accuracy)
+                        measures = fine_tune(arm, pretrained, lr, seed, config,
+                                             x_train, y_train, tests)
+                        scores.append(measures["accuracy"])
                         runs.append(dict(source=source, arm=arm.name,
-                                         seed=seed, lr=lr, accuracy=accuracy))
+                                         seed=seed, lr=lr, **measures))
                     log(f"seed {seed}  {source:<7}  {arm.name:<11}  "
                         + progress_scores(config.lrs, scores)
                         + f"  ({time.perf_counter() - began:.1f} s)")
@@ -127,38 +165,71 @@ def progress_scores(lrs, scores):
         f"{lr:g}: {accuracy:.3f}" for lr, accuracy in zip(lrs, scores))
 
 
-def _pretrain(x, y, pretrain_idx, finetune_idx, seed, source, config,
-              pretraining, log):
+def _pretrain(x_pre, y_pre, tests, seed, source, config, pretraining, log):
+    """Pretrains a body for `source`; returns its weights and its 10-way head.
+
+    The head is a built `Dense` layer, to put back on each fine-tuned body.
+    """
     began = time.perf_counter()
-    x_pre, x_heldout = x[pretrain_idx], x[finetune_idx]
     if source == CONTROL:
         x_pre = data.permute_pixels(x_pre, seed)
-        x_heldout = data.permute_pixels(x_heldout, seed)
-    weights, heldout = network.pretrain(
-        x_pre, y[pretrain_idx], x_heldout, y[finetune_idx], seed,
+    weights, head, heldout = network.pretrain(
+        x_pre, y_pre, tests.x_pretask, tests.y_pretask, seed,
         config.pretrain_epochs)
     pretraining.append(dict(source=source, seed=seed,
                             heldout_accuracy=heldout))
     log(f"seed {seed}  {source:<7}  pretrained: 10-way accuracy "
-        f"{heldout:.3f} on the other half  "
+        f"{heldout:.3f} on the test images  "
         f"({time.perf_counter() - began:.1f} s)")
-    return weights
+    return weights, network.build_head(head)
 
 
-def fine_tune(arm, weights, lr, seed, config, x_train, y_train, x_test,
-              y_test):
-    """One run: a fresh model, `arm`'s rates at base rate `lr`, test accuracy."""
+def fine_tune(arm, pretrained, lr, seed, config, x_train, y_train, tests):
+    """One run: a fresh model, `arm`'s rates at base rate `lr`, trained.
+
+    Args:
+        pretrained: `(body_weights, head)` from `_pretrain`; None if no arm
+            of this source starts from a pretrained body.
+
+    Returns:
+        `{measure: value}` for each of `MEASURES`, measured on `tests`.
+    """
     keras.utils.set_random_seed(seed)
     body = network.build_body()
     model = network.build_model(body, data.TASK_CLASSES)
     if arm.pretrained:
-        body.set_weights(weights)
+        body.set_weights(pretrained[0])
     optimizer, callbacks = arm.plan(model, lr, config.epochs)
     model.compile(optimizer, network.LOSS)
     model.fit(x_train, y_train, batch_size=config.batch_size,
               epochs=config.epochs, callbacks=callbacks, shuffle=True,
               verbose=0)
-    return network.accuracy(model, x_test, y_test)
+    return evaluate(model, pretrained[1] if arm.pretrained else None, tests)
+
+
+def evaluate(model, pretrained_head, tests):
+    """`MEASURES` of a fine-tuned `model` on `tests`, in one pass of its body.
+
+    Args:
+        model: Body and new-task head, as `network.build_model` makes them.
+        pretrained_head: The pretrained 10-way head, or None when the body
+            was not pretrained (`retained` is then None).
+    """
+    head = model.get_layer("head")
+    heads = [head] * (1 + len(SHIFTED))
+    images = [tests.x] + [tests.shifted[name] for name in SHIFTED]
+    labels = [tests.y] * len(heads)
+    if pretrained_head is not None:
+        heads.append(pretrained_head)
+        images.append(tests.x_pretask)
+        labels.append(tests.y_pretask)
+    scores = network.accuracies(model.get_layer("body"), heads, images,
+                                labels)
+    measures = dict(accuracy=scores[0], retained=None)
+    if pretrained_head is not None:
+        measures["retained"] = scores.pop()
+    measures.update(zip(SHIFTED, scores[1:]))
+    return measures
 
 
 @contextlib.contextmanager

@@ -13,6 +13,11 @@ Per arm (and pretraining source), over the grid of base learning rates:
   sees the same labelled images, head initialisation and batches), as mean
   ± std of the differences and the number of seeds the arm wins.
 
+The other measures of `experiment.MEASURES` (retained 10-way accuracy, the
+shifted test sets) get the same mean and std at each base rate, and the same
+paired comparison, taken at each arm's best rate for the new task: the rate
+one would have picked, not the one that flatters the measure.
+
 Every file is written to a temporary file in the output directory first and
 then renamed over its name (`os.replace`), so none is ever half-written.
 """
@@ -36,9 +41,30 @@ from difflr.demo import network
 from difflr import _machine
 
 CSV_COLUMNS = ("source", "arm", "ulmfit_row", "seed", "base_lr",
-               "test_accuracy")
+               "test_accuracy", "retained_accuracy", "translated_accuracy",
+               "noisy_accuracy")
 FILES = ("results.csv", "results.md", "accuracy_vs_lr.png",
-         "learning_rates.png")
+         "learning_rates.png", "forgetting_and_shift.png")
+# Column titles of `experiment.MEASURES`.
+TITLES = {"accuracy": "new task", "retained": "retained 10-way",
+          "translated": "translated", "noisy": "noisy"}
+# What fine-tuning kept: the pretraining task, and the new one under shifts.
+KEPT = ("retained",) + tuple(experiment.SHIFTED)
+
+
+@dataclasses.dataclass
+class Measure:
+    """One measure of one arm: per base rate, the value of each seed."""
+    scores: list
+    vs_full: tuple = None  # (mean, std, wins, seeds) of paired differences
+
+    @property
+    def means(self):
+        return [float(np.mean(s)) for s in self.scores]
+
+    @property
+    def stds(self):
+        return [_std(s) for s in self.scores]
 
 
 @dataclasses.dataclass
@@ -47,10 +73,20 @@ class ArmSummary:
     arm: str
     ulmfit_row: str
     lrs: list
-    means: list  # per base rate, over seeds
-    stds: list  # sample std per base rate (NaN with one seed)
-    scores: list  # per base rate, the accuracy of each seed
-    vs_full: tuple = None  # (mean, std, wins, seeds) of paired differences
+    measures: dict  # name in `experiment.MEASURES` -> `Measure`; `scratch`
+    # has no `retained` (its body was not pretrained)
+
+    @property
+    def means(self):  # the new task's, as for the rest of this class
+        return self.measures["accuracy"].means
+
+    @property
+    def stds(self):
+        return self.measures["accuracy"].stds
+
+    @property
+    def vs_full(self):
+        return self.measures["accuracy"].vs_full
 
     @property
     def best(self):
@@ -64,27 +100,35 @@ class ArmSummary:
 def summarize(results):
     """One `ArmSummary` per (source, arm), in the order they ran."""
     config = results.config
-    accuracy = {(r["source"], r["arm"], r["lr"], r["seed"]): r["accuracy"]
-                for r in results.runs}
+    run = {(r["source"], r["arm"], r["lr"], r["seed"]): r
+           for r in results.runs}
     summaries = []
     for source in experiment.sources(config):
         by_arm = {}
         for arm in experiment.arms_for(config, source):
-            scores = [[accuracy[source, arm.name, lr, seed]
-                       for seed in config.seeds] for lr in config.lrs]
-            by_arm[arm.name] = ArmSummary(
-                source, arm.name, arm.ulmfit_row, list(config.lrs),
-                means=[float(np.mean(s)) for s in scores],
-                stds=[_std(s) for s in scores], scores=scores)
+            measures = {}
+            for name in experiment.MEASURES:
+                scores = [[run[source, arm.name, lr, seed].get(name)
+                           for seed in config.seeds] for lr in config.lrs]
+                if all(v is not None for v in np.ravel(scores)):
+                    measures[name] = Measure(scores)
+            by_arm[arm.name] = ArmSummary(source, arm.name, arm.ulmfit_row,
+                                          list(config.lrs), measures)
         full = by_arm.get("full")
         for name, summary in by_arm.items():
             if full is not None and name != "full":
-                d = (np.array(summary.scores[summary.best])
-                     - np.array(full.scores[full.best]))
-                summary.vs_full = (float(np.mean(d)), _std(d),
-                                   int(np.sum(d > 0)), len(d))
+                _compare(summary, full)
         summaries += by_arm.values()
     return summaries
+
+
+def _compare(summary, full):
+    """Sets each measure's `vs_full`: paired by seed, at the best rates."""
+    for name, measure in summary.measures.items():
+        d = (np.array(measure.scores[summary.best])
+             - np.array(full.measures[name].scores[full.best]))
+        measure.vs_full = (float(np.mean(d)), _std(d), int(np.sum(d > 0)),
+                           len(d))
 
 
 def _std(values):
@@ -116,6 +160,84 @@ def _setup(config):
             f"{config.epochs} epochs; {seeds}")
 
 
+def _pretrained(results, source):
+    """The pretrained networks' mean 10-way accuracy on the test images."""
+    scores = [p["heldout_accuracy"] for p in results.pretraining
+              if p["source"] == source]
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _kept_notes(results, source):
+    """What the measures of `KEPT` are, one sentence each."""
+    shuffled = (", pixels shuffled as in its pretraining"
+                if source == experiment.CONTROL else "")
+    return [
+        "retained 10-way: the pretrained 10-way head put back on the "
+        f"fine-tuned body, on the same test images{shuffled} (the "
+        f"pretrained network: {_pretrained(results, source):.3f});",
+        "translated: the test images each moved one pixel (pretraining "
+        "showed such shifts, fine-tuning did not);",
+        f"noisy: Gaussian noise of std {data.NOISE_STD:g} on every pixel "
+        "(shown by neither).",
+    ]
+
+
+def _accuracy_lines(rows, paired):
+    """The terminal's table of the new task: best, worst, against full."""
+    head = (f"{'arm':<12} {'ULMFiT row':<19} "
+            f"{'best over the grid':<26} {'worst over the grid':<26}")
+    sub = (f"{'':<12} {'':<19} "
+           f"{'accuracy':<17}{'lr':<9} {'accuracy':<17}{'lr':<9}")
+    lines = [head + (" best - full's best" if paired else ""),
+             sub + (" paired (seeds won)" if paired else "")]
+    for s in rows:
+        line = (f"{s.arm:<12} {s.ulmfit_row:<19} "
+                f"{_pm(s.means[s.best], s.stds[s.best]):<17}"
+                f"{_lr(s.lrs[s.best]):<9} "
+                f"{_pm(s.means[s.worst], s.stds[s.worst]):<17}"
+                f"{_lr(s.lrs[s.worst]):<9}")
+        lines.append((line + (f" {_paired(s.vs_full)}" if paired else ""))
+                     .rstrip())
+    return lines
+
+
+def _at_best(summary, name):
+    """`(mean ± std, paired)` of measure `name` at the arm's best rate."""
+    measure = summary.measures.get(name)
+    if measure is None:
+        return "-", "-"
+    best = summary.best
+    return (_pm(measure.means[best], measure.stds[best]),
+            _paired(measure.vs_full))
+
+
+def _kept_lines(rows, paired):
+    """The terminal's table of `KEPT`, at each arm's best rate."""
+    width = 17 + (22 if paired else 0)
+    lines = [f"{'arm':<12} {'at lr':<7} " + "".join(
+        f"{TITLES[name]:<{width}}" for name in KEPT).rstrip()]
+    if paired:
+        lines.append(f"{'':<20} " + "".join(
+            f"{'':<17}{'- full, paired':<22}" for _ in KEPT).rstrip())
+    for s in rows:
+        cells = [_at_best(s, name) for name in KEPT]
+        lines.append((f"{s.arm:<12} {_lr(s.lrs[s.best]):<7} " + "".join(
+            f"{value:<17}" + (f"{vs:<22}" if paired else "")
+            for value, vs in cells)).rstrip())
+    return lines
+
+
+def _grid_lines(rows, lrs, name):
+    """The terminal's mean of measure `name` at each base rate."""
+    lines = [f"{'arm':<12} " + " ".join(f"{_lr(lr):>8}" for lr in lrs)]
+    for s in rows:
+        measure = s.measures.get(name)
+        means = measure.means if measure else ["-"] * len(lrs)
+        lines.append(f"{s.arm:<12} " + " ".join(
+            f"{m:>8}" if m == "-" else f"{m:>8.3f}" for m in means))
+    return lines
+
+
 def table(results):
     """The results as plain text for the terminal."""
     summaries = summarize(results)
@@ -123,30 +245,21 @@ def table(results):
     lines = []
     for source in experiment.sources(config):
         rows = [s for s in summaries if s.source == source]
+        paired = any(s.vs_full is not None for s in rows)
         lines += ["", experiment.SOURCE_TITLES[source],
                   _setup(config).replace("`", ""), ""]
-        paired = any(s.vs_full is not None for s in rows)
-        head = (f"{'arm':<12} {'ULMFiT row':<19} "
-                f"{'best over the grid':<26} {'worst over the grid':<26}")
-        sub = (f"{'':<12} {'':<19} "
-               f"{'accuracy':<17}{'lr':<9} {'accuracy':<17}{'lr':<9}")
-        lines += [head + (" best - full's best" if paired else ""),
-                  sub + (" paired (seeds won)" if paired else "")]
-        for s in rows:
-            line = (f"{s.arm:<12} {s.ulmfit_row:<19} "
-                    f"{_pm(s.means[s.best], s.stds[s.best]):<17}"
-                    f"{_lr(s.lrs[s.best]):<9} "
-                    f"{_pm(s.means[s.worst], s.stds[s.worst]):<17}"
-                    f"{_lr(s.lrs[s.worst]):<9}")
-            lines.append((line + (f" {_paired(s.vs_full)}" if paired else ""))
-                         .rstrip())
+        lines += _accuracy_lines(rows, paired)
+        lines += ["", "What fine-tuning kept, at each arm's best rate "
+                  "for the new task" + (" (paired: minus full at its best "
+                                        "rate, seeds won)" if paired else "")]
+        lines += _kept_notes(results, source) + [""]
+        lines += _kept_lines(rows, paired)
         if len(config.lrs) > 1:
-            lines += ["", "mean accuracy at each base learning rate"]
-            lines.append(f"{'arm':<12} " + " ".join(
-                f"{_lr(lr):>8}" for lr in config.lrs))
-            for s in rows:
-                lines.append(f"{s.arm:<12} " + " ".join(
-                    f"{m:>8.3f}" for m in s.means))
+            for name in ("accuracy",) + KEPT:
+                title = "" if name == "accuracy" else f"{TITLES[name]} "
+                lines += ["", f"mean {title}accuracy at each base "
+                              "learning rate"]
+                lines += _grid_lines(rows, config.lrs, name)
     return "\n".join(lines).lstrip("\n")
 
 
@@ -189,10 +302,19 @@ def _write_atomic(path, write, mode="w"):
         raise
 
 
+def _cell(value):
+    return "" if value is None else repr(value)
+
+
 def write_csv(results, path):
-    """One row per run: source, arm, ulmfit_row, seed, base_lr, accuracy."""
+    """One row per run: source, arm, ulmfit_row, seed, base_lr, measures.
+
+    `retained_accuracy` is empty for `scratch`, whose body was not
+    pretrained.
+    """
     rows = [(r["source"], r["arm"], arms_lib.ARMS[r["arm"]].ulmfit_row,
-             r["seed"], repr(float(r["lr"])), repr(r["accuracy"]))
+             r["seed"], repr(float(r["lr"])))
+            + tuple(_cell(r.get(name)) for name in experiment.MEASURES)
             for r in results.runs]
 
     def write(f):
@@ -227,40 +349,13 @@ def markdown(results, command, info=None):
       "is an oracle choice, the same for every arm). Paired: seed by seed, "
       "the arm at its best rate minus `full` at its best rate (within a "
       "seed all arms share the labelled images, the head's initialisation "
-      "and the batches).")
+      "and the batches). What fine-tuning kept is measured on the same "
+      "runs, at the same best rates (those of the new task).")
     for source in experiment.sources(config):
         rows = [s for s in summaries if s.source == source]
-        pre = [p["heldout_accuracy"] for p in results.pretraining
-               if p["source"] == source]
         w()
         w(f"## {experiment.SOURCE_TITLES[source]}")
-        w()
-        if pre:
-            w(f"Pretraining: 10-way accuracy on the held-out half "
-              f"{np.mean(pre):.3f} (mean over seeds"
-              + (", pixels shuffled the same way" if
-                 source == experiment.CONTROL else "") + ").")
-            w()
-        paired = any(s.vs_full is not None for s in rows)
-        w("| arm | ULMFiT row | best accuracy | at lr | worst accuracy "
-          "| at lr |" + (" best - full's best, paired (seeds won) |"
-                         if paired else ""))
-        w("|---|---|---|---|---|---|" + ("---|" if paired else ""))
-        for s in rows:
-            w(f"| {s.arm} | {s.ulmfit_row} | "
-              f"{_pm(s.means[s.best], s.stds[s.best])} | "
-              f"{_lr(s.lrs[s.best])} | "
-              f"{_pm(s.means[s.worst], s.stds[s.worst])} | "
-              f"{_lr(s.lrs[s.worst])} |"
-              + (f" {_paired(s.vs_full)} |" if paired else ""))
-        w()
-        w("Mean ± std accuracy at each base learning rate:")
-        w()
-        w("| arm | " + " | ".join(_lr(lr) for lr in config.lrs) + " |")
-        w("|---|" + "---|" * len(config.lrs))
-        for s in rows:
-            w(f"| {s.arm} | " + " | ".join(
-                _pm(m, sd) for m, sd in zip(s.means, s.stds)) + " |")
+        _markdown_source(w, results, source, rows)
     w()
     w("## Arms")
     w()
@@ -272,8 +367,61 @@ def markdown(results, command, info=None):
     w()
     w("![Accuracy against base learning rate](accuracy_vs_lr.png)")
     w()
+    w("![New-task accuracy against retained and shifted accuracy]"
+      "(forgetting_and_shift.png)")
+    w()
     w("![Effective learning rate per layer](learning_rates.png)")
     return out.getvalue()
+
+
+def _markdown_source(w, results, source, rows):
+    """One source's tables, written line by line with `w`."""
+    if any(p["source"] == source for p in results.pretraining):
+        w()
+        w(f"Pretraining: 10-way accuracy on the test images "
+          f"{_pretrained(results, source):.3f} (mean over seeds"
+          + (", pixels shuffled the same way" if
+             source == experiment.CONTROL else "") + ").")
+    paired = any(s.vs_full is not None for s in rows)
+    w()
+    w("| arm | ULMFiT row | best accuracy | at lr | worst accuracy "
+      "| at lr |" + (" best - full's best, paired (seeds won) |"
+                     if paired else ""))
+    w("|---|---|---|---|---|---|" + ("---|" if paired else ""))
+    for s in rows:
+        w(f"| {s.arm} | {s.ulmfit_row} | "
+          f"{_pm(s.means[s.best], s.stds[s.best])} | "
+          f"{_lr(s.lrs[s.best])} | "
+          f"{_pm(s.means[s.worst], s.stds[s.worst])} | "
+          f"{_lr(s.lrs[s.worst])} |"
+          + (f" {_paired(s.vs_full)} |" if paired else ""))
+    w()
+    w("What fine-tuning kept, at each arm's best rate for the new task"
+      + (" (paired: minus `full` at its best rate, seeds won)" if paired
+         else "") + ": " + " ".join(_kept_notes(results, source)))
+    w()
+    w("| arm | at lr | " + " | ".join(
+        TITLES[name] + (f" | {TITLES[name]} - full, paired" if paired
+                        else "") for name in KEPT) + " |")
+    w("|---|---|" + "---|" * len(KEPT) * (2 if paired else 1))
+    for s in rows:
+        cells = [_at_best(s, name) for name in KEPT]
+        w(f"| {s.arm} | {_lr(s.lrs[s.best])} | " + " | ".join(
+            value + (f" | {vs}" if paired else "") for value, vs in cells)
+          + " |")
+    for name in ("accuracy",) + KEPT:
+        w()
+        w(f"Mean ± std {TITLES[name]} accuracy at each base learning rate:")
+        w()
+        w("| arm | " + " | ".join(_lr(lr) for lr in results.config.lrs)
+          + " |")
+        w("|---|" + "---|" * len(results.config.lrs))
+        for s in rows:
+            measure = s.measures.get(name)
+            cells = (["-"] * len(s.lrs) if measure is None else
+                     [_pm(m, sd) for m, sd in zip(measure.means,
+                                                   measure.stds)])
+            w(f"| {s.arm} | " + " | ".join(cells) + " |")
 
 
 def write_markdown(results, path, command, info=None):
@@ -304,6 +452,34 @@ def _save(fig, path):
         plt.close(fig)
 
 
+def _arm_styles(plt):
+    """`{arm: (color, marker, line style)}`, the same in every figure.
+
+    Arms that tie (scratch and full collapse to the same floor at 0.1)
+    would hide one another: each arm gets its own marker and line style.
+    """
+    return {name: style for name, *style in zip(
+        arms_lib.ARMS, plt.get_cmap("tab10").colors, "osD^vP*X",
+        ["-", "--", "-", "-.", ":", "--", "-.", ":"])}
+
+
+def _legend_below(fig, axes):
+    """One legend for all panels (scratch is only in some), below them."""
+    legend = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    order = [name for name in arms_lib.ARMS if name in legend]
+    fig.legend([legend[name] for name in order], order, loc="lower center",
+               ncol=len(order), fontsize="small", frameon=False)
+
+
+def _seeds_title(config):
+    return f"{config.shots} labels per digit; " + (
+        f"mean ± std over {len(config.seeds)} seeds"
+        if len(config.seeds) > 1 else "one seed")
+
+
 def plot_accuracy(results, path):
     """Mean accuracy (± std) against base learning rate, one line per arm."""
     plt = _pyplot()
@@ -312,12 +488,8 @@ def plot_accuracy(results, path):
     sources = experiment.sources(config)
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4.2),
                              sharey=True, squeeze=False)
-    colors = dict(zip(arms_lib.ARMS, plt.get_cmap("tab10").colors))
-    # Arms that tie (scratch and full collapse to the same floor at 0.1)
-    # would hide one another: each arm gets its own marker and line style,
-    # and is shifted a little along the (log) rate axis.
-    styles = {name: (marker, line) for name, marker, line in zip(
-        arms_lib.ARMS, "osD^vP*X", ["-", "--", "-", "-.", ":", "--", "-.", ":"])}
+    styles = _arm_styles(plt)
+    # Arms are also shifted a little along the (log) rate axis.
     offsets = {name: 1.04 ** (i - (len(arms_lib.ARMS) - 1) / 2)
                for i, name in enumerate(arms_lib.ARMS)}
     floor = float(np.mean([data.majority_share(config.shots, seed)
@@ -330,11 +502,10 @@ def plot_accuracy(results, path):
                     fontsize="x-small", color="0.3")
         for s in (s for s in summaries if s.source == source):
             stds = np.nan_to_num(np.array(s.stds))
-            marker, line = styles[s.arm]
+            color, marker, line = styles[s.arm]
             ax.errorbar(np.array(s.lrs) * offsets[s.arm], s.means, yerr=stds,
                         marker=marker, linestyle=line, markersize=5,
-                        capsize=3, label=s.arm, color=colors[s.arm],
-                        alpha=0.9)
+                        capsize=3, label=s.arm, color=color, alpha=0.9)
         ax.set_xscale("log")
         ax.set_xlabel("base learning rate (the head's); arms shifted "
                       "slightly apart", fontsize="small")
@@ -342,19 +513,81 @@ def plot_accuracy(results, path):
                      fontsize="medium")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (digit % 3)")
-    # One legend for both panels (scratch is only in the first), below them.
-    legend = {}
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    order = [name for name in arms_lib.ARMS if name in legend]
-    fig.legend([legend[name] for name in order], order, loc="lower center",
-               ncol=len(order), fontsize="small", frameon=False)
-    fig.suptitle(f"{config.shots} labels per digit; " + (
-        f"mean ± std over {len(config.seeds)} seeds"
-        if len(config.seeds) > 1 else "one seed"), fontsize="medium")
+    _legend_below(fig, axes[0])
+    fig.suptitle(_seeds_title(config), fontsize="medium")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
+
+
+_KEPT_LABELS = {  # name -> (column title, x label)
+    "retained": ("Forgetting: the pretraining task",
+                 "retained 10-way accuracy (pretrained head, fine-tuned "
+                 "body)"),
+    "translated": ("A shift pretraining showed (dotted: no loss)",
+                   "accuracy on test images moved one pixel"),
+    "noisy": ("A shift neither showed (dotted: no loss)",
+              f"accuracy on test images with noise (std {data.NOISE_STD:g})"),
+}
+
+
+def plot_forgetting_and_shift(results, path):
+    """New-task accuracy against each measure of `KEPT`, per arm.
+
+    One row per source, one panel per measure. Each arm is a faint path
+    through its base rates and a large marker, with ± std bars, at its best
+    rate for the new task.
+    """
+    plt = _pyplot()
+    config = results.config
+    summaries = summarize(results)
+    sources = experiment.sources(config)
+    fig, axes = plt.subplots(len(sources), len(KEPT),
+                             figsize=(5 * len(KEPT), 4.2 * len(sources)),
+                             sharey=True, squeeze=False)
+    styles = _arm_styles(plt)
+    for row, source in zip(axes, sources):
+        for ax, name in zip(row, KEPT):
+            _reference_line(ax, results, source, name)
+            for s in (s for s in summaries if s.source == source):
+                if name in s.measures:
+                    _kept_point(ax, s, s.measures[name], styles[s.arm])
+            ax.set_xlabel(_KEPT_LABELS[name][1], fontsize="small")
+            ax.grid(True, alpha=0.3)
+        row[0].set_ylabel(experiment.SOURCE_TITLES[source].split(" (")[0]
+                          + "\nnew-task test accuracy", fontsize="small")
+    for ax, name in zip(axes[0], KEPT):
+        ax.set_title(_KEPT_LABELS[name][0], fontsize="medium")
+    _legend_below(fig, axes.flat)
+    fig.suptitle(f"At each arm's best rate for the new task (large "
+                 f"markers) and along its rates (faint); "
+                 f"{_seeds_title(config)}", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _save(fig, path)
+
+
+def _reference_line(ax, results, source, name):
+    """The pretrained network's accuracy, or where no accuracy is lost."""
+    if name != "retained":
+        ax.axline((0.5, 0.5), slope=1, color="0.4", linestyle=(0, (1, 3)),
+                  linewidth=1)
+        return
+    pretrained = _pretrained(results, source)
+    ax.axvline(pretrained, color="0.4", linestyle=(0, (1, 3)), linewidth=1)
+    ax.annotate(f"pretrained network {pretrained:.3f}",
+                (pretrained, 0.02), xycoords=("data", "axes fraction"),
+                xytext=(-3, 0), textcoords="offset points",
+                ha="right", fontsize="x-small", color="0.3")
+
+
+def _kept_point(ax, summary, measure, style):
+    color, marker, line = style
+    best = summary.best
+    ax.plot(measure.means, summary.means, marker=marker, linestyle=line,
+            markersize=3, color=color, alpha=0.3, linewidth=1)
+    ax.errorbar(measure.means[best], summary.means[best],
+                xerr=np.nan_to_num(measure.stds[best]),
+                yerr=np.nan_to_num(summary.stds[best]), marker=marker,
+                markersize=8, capsize=3, color=color, label=summary.arm)
 
 
 def _rate_states(arm, lr, epochs):
@@ -450,5 +683,7 @@ def write_all(results, out_dir, command):
     write_csv(results, os.path.join(out_dir, "results.csv"))
     write_markdown(results, os.path.join(out_dir, "results.md"), command)
     plot_accuracy(results, os.path.join(out_dir, "accuracy_vs_lr.png"))
+    plot_forgetting_and_shift(
+        results, os.path.join(out_dir, "forgetting_and_shift.png"))
     plot_learning_rates(results.config,
                         os.path.join(out_dir, "learning_rates.png"))
