@@ -149,3 +149,30 @@ def test_few_groups_of_large_tensors_take_one_call_per_group():
     with profile() as prof:
         plain.apply(step, wrapped)
     assert fused == 2 * _executed.count_events(prof.events())["foreach"] - 1  # one decay call
+
+
+def test_an_eager_jax_apply_compiles_nothing_per_variable():
+    """Run eagerly on JAX (a custom loop without `jit`), every op compiles
+    once per shape and static argument: a slice of the multiplier vector per
+    variable compiled once per index (42 compilations for 40 variables).
+    The wrapper must compile a constant, not one kernel per variable."""
+    if backend() != "jax":
+        pytest.skip("JAX compiles each eager op; TensorFlow and torch do not")
+    import jax
+
+    compilations = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kwargs: compilations.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+
+    def first_apply(count):
+        vs = [keras.Variable(np.zeros((3, 5), "float32"), name=f"v{i}")
+              for i in range(count)]
+        opt = difflr.LRMultiplier(keras.optimizers.AdamW(1e-3, weight_decay=0.01),
+                                  [(v, 1.0 + i) for i, v in enumerate(vs)])
+        del compilations[:]
+        opt.apply([np.ones((3, 5), "float32")] * count, vs)
+        return len(compilations)
+
+    first_apply(3)  # the ops of one update, once
+    assert first_apply(37) <= 4

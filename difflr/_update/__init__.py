@@ -10,7 +10,9 @@ its backend optimizers:
   multipliers are read from optimizer variables inside it.
 - `torch.TorchUpdate` (PyTorch): eager, fused `torch._foreach_*` updates of
   all variables, with the multipliers as host floats; `torch_sgd` and
-  `torch_adam` restate Keras's fused kernels with a rate per variable.
+  `torch_adam` restate Keras's fused kernels with a rate per variable. Under
+  torch.compile it hands over to `torch_traced`, which reads them from
+  tensors.
 
 Both take the same arguments (the wrapped optimizer, a `_state.Layout`,
 `_state.Multipliers` and a `_pause.Pause`) and offer the same methods:

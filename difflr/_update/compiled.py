@@ -34,9 +34,21 @@ from difflr._update.base import FULL_PRECISION
 from difflr._update.base import decay_then_update
 
 
+def _traced(tensor):
+    """Whether `tensor` belongs to a step being traced (a `jit` or a
+    `tf.function`), rather than computed eagerly."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    import tensorflow as tf
+
+    return not tf.executing_eagerly()
+
+
 class Rates:
-    """What one traced step computes once for all variables, each split into
-    one scalar per index:
+    """What one step computes once for all variables, each split into one
+    scalar per index (in a traced step, slices of the multiplier vectors):
 
     - `rates`: `lr * m`, the rate each variable's update runs at;
     - `decays`: `lr * m * d * weight_decay` (None without weight decay);
@@ -47,19 +59,35 @@ class Rates:
 
     def __init__(self, update, learning_rate):
         multipliers, layout = update.multipliers, update.layout
-        m = ops.convert_to_tensor(multipliers.lr_vector)
-        rates = ops.multiply(learning_rate, m)
         self.learning_rate = learning_rate
+        weight_decay = np.array(
+            [0.0 if w is None else w for w in layout.weight_decay], "float32")
+        decayed = any(w is not None for w in layout.weight_decay)
+        m = ops.convert_to_tensor(multipliers.lr_vector)
+        if not _traced(m):
+            self._split_on_host(update, learning_rate, weight_decay, decayed)
+            return
+        rates = ops.multiply(learning_rate, m)
         self.rates = ops.unstack(rates)
         self.decays = None
-        if any(w is not None for w in layout.weight_decay):
-            weight_decay = np.array(
-                [0.0 if w is None else w for w in layout.weight_decay], "float32")
+        if decayed:
             self.decays = ops.unstack(
                 rates * ops.convert_to_tensor(multipliers.decay_vector) * weight_decay)
         self.multipliers = ops.unstack(m) if update.step_form else None
         self.paused = (ops.unstack(ops.equal(m, 0.0))
                        if update.pause.mode == "hold" else None)
+
+    def _split_on_host(self, update, learning_rate, weight_decay, decayed):
+        """Run eagerly (a custom loop without `jit` or `tf.function`), each
+        slice of a vector would be an op of its own, compiled on JAX for
+        every index: the vectors are read once and split on the host."""
+        vectors = (update.multipliers.lr_vector, update.multipliers.decay_vector)
+        m, d = (ops.convert_to_numpy(ops.convert_to_tensor(v)) for v in vectors)
+        self.rates = [learning_rate * x for x in m]
+        self.decays = ([r * x for r, x in zip(self.rates, d * weight_decay)]
+                       if decayed else None)
+        self.multipliers = list(m) if update.step_form else None
+        self.paused = list(m == 0) if update.pause.mode == "hold" else None
 
 
 class CompiledUpdate:
