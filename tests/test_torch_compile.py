@@ -51,7 +51,17 @@ def _tensors(step_grads):
     return [keras.ops.convert_to_tensor(g) for g in step_grads]
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+# One optimizer or two per path of `difflr._update.torch_traced` (compiling
+# is slow: all of Keras's optimizers would add minutes to every CI run):
+# Keras's kernels restated (SGD, Adam, AdamW with decay), the step form
+# (Adamax; Nadam's global state; Adadelta, whose Keras kernel breaks the
+# graph on 3.15), one call per variable (RMSprop with momentum), and the
+# per-variable `update_step` with held pauses (Ftrl; Lamb).
+PATHS = ["sgd_momentum_nesterov", "adam_amsgrad", "adamw", "adamax", "nadam",
+         "adadelta", "rmsprop_centered_momentum", "ftrl", "lamb"]
+
+
+@pytest.mark.parametrize("name", PATHS)
 def test_a_compiled_step_matches_a_copy_per_variable_and_does_not_recompile(name):
     grads = gradients(STEPS, SHAPES)
     # The reference: one plain optimizer per variable at lr * m, eager, its
@@ -78,10 +88,13 @@ def test_a_compiled_step_matches_a_copy_per_variable_and_does_not_recompile(name
     graphs = _compiled_steps(OPTIMIZERS[name](LR, **wd_kwargs(name, WD)), vs, grads)
     plain = dict(counters["graph_break"]), graphs
     _assert_no_break_plain_keras_lacks(name, ours[0], plain[0])
-    # No recompilation when the multipliers change at step CHANGE_AT.
-    assert ours[1] == [ours[1][0]] * STEPS, f"graphs after each step: {ours[1]}"
+    # No recompilation when the multipliers change at step CHANGE_AT, nor
+    # after (Keras 3.12's Adafactor compiles again at its second step, with
+    # or without difflr).
+    settled = ours[1][CHANGE_AT - 1:]
+    assert settled == [settled[0]] * len(settled), f"graphs after each step: {ours[1]}"
     if not plain[0]:  # else the break splits each frame into graphs
-        assert ours[1][0] <= plain[1][-1], f"graphs: {ours[1]}, plain {plain[1]}"
+        assert ours[1][-1] <= plain[1][-1], f"graphs: {ours[1]}, plain {plain[1]}"
 
 
 def _assert_no_break_plain_keras_lacks(what, ours, plain):
