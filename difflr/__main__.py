@@ -27,7 +27,7 @@ with `export KERAS_BACKEND=jax` (or tensorflow, torch)."""
 EPILOG = """\
 examples:
   python -m difflr check
-  python -m difflr demo             under a minute on 2 cores
+  python -m difflr demo             about a minute on 2 cores
   python -m difflr demo --help      what the demo runs, and its options"""
 
 

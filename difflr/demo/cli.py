@@ -15,7 +15,7 @@ from difflr.demo import experiment
 
 # Wall time of `python -m difflr demo` (the quick preset) on 2 cores, as
 # docs/demo.md gives it per backend.
-QUICK_TIME = ("27 s on torch, 43 s on JAX, 58 s on TensorFlow, on 2 cores "
+QUICK_TIME = ("30 s on torch, 46 s on JAX, 64 s on TensorFlow, on 2 cores "
               "(measured per backend in docs/demo.md)")
 FULL_TIME = ("about 2 minutes on torch, 8 to 12 (estimated) on JAX and "
              "TensorFlow, on 2 cores")
