@@ -63,13 +63,16 @@ def run(backends, quick, names=None, into=None):
         started = time.strftime("%Y-%m-%d %H:%M")
         print(f"[{time.strftime('%H:%M:%S')}] {name} on {', '.join(chosen)}", flush=True)
         per_backend = c.run_per_backend(module.__file__, chosen, options)
+        if into is not None:
+            # Backends not run this time keep their earlier results.
+            earlier = results["runs"].get(name, {}).get("results", {})
+            results["runs"][name] = {
+                "options": options, "results": {**earlier, **per_backend},
+                "seconds": time.time() - began, "machine": c.machine(),
+                "started": started, "load": [load_before, c.load_average()]}
+            continue
         results["runs"][name] = {"options": options, "results": per_backend,
                                  "seconds": time.time() - began}
-        if into is not None:
-            results["runs"][name].update(
-                machine=c.machine(), started=started,
-                load=[load_before, c.load_average()])
-            continue
         results.setdefault("load_during", []).append(c.load_average())
     if into is not None:
         return results
@@ -282,48 +285,52 @@ def _report(name, results):
     if "started" in run:  # run on its own (`--only`)
         m, load = run["machine"], run["load"]
         versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        loads = " / ".join("unknown" if l is None else f"{l[0]:.2f}" for l in load)
         text += (f"\nMeasured on its own, {run['started']}, on {m['cpu']} ({m['cores']} "
                  f"cores), Python {m['python']}, {versions}, in "
                  f"{run['seconds'] / 60:.0f} minutes; one-minute load average before / "
-                 f"after: {load[0][0]:.2f} / {load[1][0]:.2f}.\n")
+                 f"after: {loads}.\n")
     return text
 
 
 FIRST_CALL = """The steady step is not all a user waits for: the first `fit` call builds
 the optimizer, traces the step and compiles it. The benchmark times that first
-call on a KerasHub backbone (a fresh model each time), and on JAX splits it as
-JAX reports it (`jax.monitoring`).
+call on a KerasHub backbone, a fresh model each time, in a process that has
+already run one unrecorded round (so imports and Keras's own eager
+compilations are warm, as for every model after the first), and on JAX
+splits it as JAX reports it (`jax.monitoring`).
 
-- **TensorFlow and torch**: at the plain optimizer's first call or below it
-  (TensorFlow's traced step runs fewer ops; torch runs eagerly and builds its
-  update plan once).
-- **JAX**: the extra time is XLA's compilation; tracing and lowering add
-  about 0.1 s. XLA compiles each *distinct* fused kernel once, and the plain
-  optimizer's update kernels are alike across the 12 transformer layers
-  (equal shapes, one shared rate), so it compiles a layer's worth. difflr's
-  update kernels each read their own entry of the multiplier vectors, a
-  slice that XLA fuses into the kernel with its index, so every variable's
-  update is a kernel of its own. Compiled alone, the update of 192
-  BERT-shaped variables takes 2.1 s against plain's 0.6 s; with every
+- **TensorFlow and torch**: within the noise of the plain optimizer's first
+  call (see the A/A rows).
+- **JAX**: the extra time is XLA's compilation (1.5 s for 199 variables,
+  about 8 ms each); tracing and lowering add under 0.1 s. XLA compiles each
+  *distinct* fused kernel once, and the plain optimizer's update kernels
+  are alike across the 12 transformer layers (equal shapes, one shared
+  rate), so it compiles a layer's worth. difflr's update kernels each read
+  their own entry of the multiplier vectors, a slice that XLA fuses into
+  the kernel with its index, so every variable's update is a kernel of its
+  own. It does not depend on the rules.
+
+  What follows was measured once, with throwaway scripts (not in
+  `benchmarks/`), on this machine. Compiled alone, the update of 192
+  BERT-shaped variables took 2.1 s against plain's 0.6 s; with every
   variable given the same constant instead of its slice, 0.6 s; with a
-  distinct constant each, 2.0 s. So the overhead grows with the number of
-  variables, about 7 ms of compilation per variable on this machine, and
-  does not depend on the rules.
-
-  Keeping the kernels alike means handing each a scalar that XLA has
-  computed elsewhere, and every such scalar costs at every step. As a
-  separate input to the step (the fastest to compile: 0.30 s against 0.28
-  in a reduced test), JAX's dispatch costs about 0.75 us per input (150 us
-  per step for 200 scalars). Read out of the vectors by one variadic
-  reduction per 64 entries, which XLA does not fuse into the update, the
-  first call fell from 1.35 to 1.17-1.20 times plain's, but the
-  optimizer-bound step above became 2.6% (Adam), 9.7% (AdamW) and 8.7% (SGD)
-  slower, against an A/A within 1%. difflr keeps the slices: a training run
-  takes many steps and compiles once, and JAX's persistent compilation
-  cache saves the compilation of every run after the first: with
+  distinct constant each, 2.0 s. Keeping the kernels alike means handing
+  each a scalar that XLA has computed elsewhere, and every such scalar
+  costs at every step. As a separate input to the step (the fastest to
+  compile: 0.30 s against 0.28 in a reduced test), JAX's dispatch costs
+  about 0.75 us per input (150 us per step for 200 scalars). Read out of
+  the vectors by one variadic reduction per 64 entries, which XLA does not
+  fuse into the update, the first call fell from 1.35 to 1.17-1.20 times
+  plain's (3 rounds), but the optimizer-bound step of `step_time.py`
+  became 2.6% (Adam), 9.7% (AdamW) and 8.7% (SGD) slower, against an A/A
+  within 1% (11 rounds). difflr keeps the slices: a training run takes
+  many steps and compiles once, and JAX's persistent compilation cache
+  saves the compilation of every run after the first: with
   `JAX_COMPILATION_CACHE_DIR=/some/dir`, the first call of difflr with no
-  rules on this model took 7.2 s in one process and 2.8 s in the next. Other ways tried, which changed nothing or made it
-  worse: an optimization barrier (XLA on CPU removes it before fusing), a
+  rules on this model, in a fresh process, took 7.2 s and then 2.8 s in
+  the next one. Other ways tried, which changed nothing or made it worse:
+  an optimization barrier (XLA on CPU removes it before fusing), a
   conditional, a one-trip `while` loop, slicing before multiplying, and
   one-hot dot products.
 """
@@ -452,6 +459,9 @@ def main():
         with open(args.render) as f:
             results = json.load(f)
     elif args.only:
+        if args.quick:
+            parser.error("--only writes into the published results: "
+                         "run --quick without --only, with --out elsewhere")
         names = args.only.split(",")
         unknown = [n for n in names if n not in BENCHMARKS]
         if unknown:

@@ -45,6 +45,8 @@ class TracedUpdate:
         """One variable (optimizers without a fused update)."""
         update = self.update
         index = update.layout.index_of(variable)
+        if index is None:
+            return original(gradient, variable, learning_rate)
         m = update.multipliers.lr_vector.value[index]
         rate = learning_rate * m
         weight_decay = update.layout.weight_decay[index]
@@ -80,8 +82,10 @@ class TracedUpdate:
         coefficients = torch.tensor([weight_decay[indices[p]] for p in decayed],
                                     dtype=m.dtype, device=m.device)
         factors = 1 - learning_rate * m[decayed] * d * coefficients
+        # float32 factors, whatever the variables' dtypes, as eagerly:
+        # rounded to bfloat16, a small decay would round away.
         values = [variables[p].value for p in decayed]
-        torch._foreach_mul_(values, _scalars(factors.to(values[0].dtype)))
+        torch._foreach_mul_(values, _scalars(factors))
 
     def _one_by_one(self, original, grads, variables, indices, learning_rate, m):
         # Per-step global state (Nadam's) advances once per step: each call
@@ -104,7 +108,7 @@ def _step_form(original, grads, variables, learning_rate, m):
     negated = torch._foreach_neg(values)  # the old values wait as -v
     torch._foreach_zero_(values)
     original(grads, variables, learning_rate)
-    torch._foreach_mul_(values, _scalars(m.to(values[0].dtype)))
+    torch._foreach_mul_(values, [x.to(v.dtype) for x, v in zip(_scalars(m), values)])
     torch._foreach_sub_(values, negated)
 
 
