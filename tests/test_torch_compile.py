@@ -47,8 +47,12 @@ def _wrapped(name, vs, mults=LR_MULTS):
         decay_multipliers=[(v, d) for v, d in zip(vs, DECAY_MULTS)])
 
 
-def _tensors(step_grads):
-    return [keras.ops.convert_to_tensor(g) for g in step_grads]
+def _tensors(step_grads, vs=None):
+    """The gradients as tensors, cast to the dtypes of `vs` if given."""
+    tensors = [keras.ops.convert_to_tensor(g) for g in step_grads]
+    if vs is None:
+        return tensors
+    return [keras.ops.cast(g, v.dtype) for g, v in zip(tensors, vs)]
 
 
 # One optimizer or two per path of `difflr._update.torch_traced` (compiling
@@ -64,16 +68,7 @@ PATHS = ["sgd_momentum_nesterov", "adam_amsgrad", "adamw", "adamax", "nadam",
 @pytest.mark.parametrize("name", PATHS)
 def test_a_compiled_step_matches_a_copy_per_variable_and_does_not_recompile(name):
     grads = gradients(STEPS, SHAPES)
-    # The reference: one plain optimizer per variable at lr * m, eager, its
-    # rate changed when the wrapper's multipliers change.
-    reference = variables(SHAPES)
-    copies = [OPTIMIZERS[name](LR * m, **wd_kwargs(name, WD * d))
-              for m, d in zip(LR_MULTS, DECAY_MULTS)]
-    for k, step_grads in enumerate(grads):
-        for i, (copy, v) in enumerate(zip(copies, reference)):
-            if k == CHANGE_AT:
-                copy.learning_rate = LR * NEW_MULTS[i]
-            copy.apply([keras.ops.convert_to_tensor(step_grads[i])], [v])
+    reference = _copy_per_variable(name, variables(SHAPES), grads, change=NEW_MULTS)
 
     counters = _dynamo()
     vs = variables(SHAPES)
@@ -98,6 +93,20 @@ def test_a_compiled_step_matches_a_copy_per_variable_and_does_not_recompile(name
     assert settled == [settled[0]] * len(settled), f"graphs after each step: {ours[1]}"
     if not plain[0]:  # else the break splits each frame into graphs
         assert ours[1][-1] <= plain[1][-1], f"graphs: {ours[1]}, plain {plain[1]}"
+
+
+def _copy_per_variable(name, vs, grads, change=None):
+    """The reference: one plain optimizer per variable of `vs` at lr * m and
+    wd * d, eager, its rate set to lr * `change[i]` at step CHANGE_AT; each
+    gradient cast to its variable's dtype. Returns `vs`, trained."""
+    copies = [OPTIMIZERS[name](LR * m, **wd_kwargs(name, WD * d))
+              for m, d in zip(LR_MULTS, DECAY_MULTS)]
+    for k, step_grads in enumerate(grads):
+        for i, (copy, v, g) in enumerate(zip(copies, vs, _tensors(step_grads, vs))):
+            if k == CHANGE_AT and change is not None:
+                copy.learning_rate = LR * change[i]
+            copy.apply([g], [v])
+    return vs
 
 
 def _assert_no_break_plain_keras_lacks(what, ours, plain):
@@ -229,22 +238,13 @@ def test_mixed_precision_variables_under_torch_compile(name):
         return [keras.Variable(to_numpy(v), name=f"m{i}", dtype=dtype)
                 for i, (v, dtype) in enumerate(zip(values, dtypes))]
 
-    def cast(step_grads, vs):
-        return [keras.ops.cast(keras.ops.convert_to_tensor(g), v.dtype)
-                for g, v in zip(step_grads, vs)]
-
-    reference = build()
-    copies = [OPTIMIZERS[name](LR * m, **wd_kwargs(name, WD * d))
-              for m, d in zip(LR_MULTS, DECAY_MULTS)]
-    for step_grads in grads:
-        for copy, v, g in zip(copies, reference, cast(step_grads, reference)):
-            copy.apply([g], [v])
+    reference = _copy_per_variable(name, build(), grads)
     _dynamo()
     vs = build()
     opt = _wrapped(name, vs)
     opt.build(vs)
     step = torch.compile(lambda g: opt.apply(g, vs), backend="aot_eager")
     for step_grads in grads:
-        step(cast(step_grads, vs))
+        step(_tensors(step_grads, vs))
     for w, r in list(zip(vs, reference))[1:]:
         assert_close(w, r, what=f"{name}, float32 beside bfloat16: {w.path}")

@@ -105,14 +105,11 @@ class TorchUpdate:
             self._update_by_group(original, plan, grads, variables, learning_rate)
 
     def _update_by_group(self, original, plan, grads, variables, learning_rate):
-        # Per-step global state (Nadam's) advances once per step, not once
-        # per group: each group after the first starts from the step's start.
-        begin = torch_kernels.snapshot(self.layout.global_state if len(plan.groups) > 1 else ())
-        for k, (m, positions) in enumerate(plan.groups):
-            if k:
-                torch_kernels.restore(begin)
-            original([grads[p] for p in positions],
-                     [variables[p] for p in positions], learning_rate * m)
+        torch_kernels.each_from_the_step_start(self.layout.global_state, [
+            lambda m=m, positions=positions: original(
+                [grads[p] for p in positions], [variables[p] for p in positions],
+                learning_rate * m)
+            for m, positions in plan.groups])
 
     def _advance_global_state(self, original, grads, variables, learning_rate):
         """Everything is paused, but per-step global state (Nadam's) must

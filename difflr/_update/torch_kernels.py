@@ -29,3 +29,14 @@ def restore(snapshot):
     """Puts back the values of a `snapshot`."""
     for v, value in snapshot:
         v.value.copy_(value)
+
+
+def each_from_the_step_start(global_state, calls):
+    """Runs `calls` (updates of parts of the variables), each from the
+    per-step global state (Nadam's) as the step found it, so that it
+    advances once per step, not once per call."""
+    begin = snapshot(global_state if len(calls) > 1 else ())
+    for k, call in enumerate(calls):
+        if k:
+            restore(begin)
+        call()

@@ -88,19 +88,16 @@ class TracedUpdate:
         torch._foreach_mul_(values, _scalars(factors))
 
     def _one_by_one(self, original, grads, variables, indices, learning_rate, m):
-        # Per-step global state (Nadam's) advances once per step: each call
-        # after the first starts from the step's start, as `_update_by_group`.
-        update = self.update
-        layout, pause = update.layout, update.pause
-        begin = torch_kernels.snapshot(layout.global_state if len(variables) > 1 else ())
-        for p, (g, v) in enumerate(zip(grads, variables)):
-            if p:
-                torch_kernels.restore(begin)
-            step = lambda: original([g], [v], learning_rate * m[p])
+        pause = self.update.pause
+
+        def call(p):
+            step = lambda: original([grads[p]], [variables[p]], learning_rate * m[p])
             if pause.mode == "hold":
-                pause.restore(step, m[p] == 0, indices[p])
-            else:
-                step()
+                return lambda: pause.restore(step, m[p] == 0, indices[p])
+            return step
+
+        torch_kernels.each_from_the_step_start(
+            self.update.layout.global_state, [call(p) for p in range(len(variables))])
 
 
 def _step_form(original, grads, variables, learning_rate, m):
