@@ -37,11 +37,15 @@ class LRFindResult:
             base rate each of fastai's rules suggests (a float), or to `None`
             when the sweep ran too few steps to judge (see `difflr.lr_find`).
         suggestion_points: A dict from the same names to the `(learning
-            rate, smoothed loss)` point each rule picked on the curve (for
-            `minimum`, the minimum itself, not a tenth of it), as `plot`
-            marks them.
+            rate, smoothed loss)` point each rule picked on the curve, as
+            fastai's rules return it: for `minimum`, the lowest point itself,
+            ten times the suggested rate. Empty when the suggestions are
+            `None`.
         stopped_early: Whether the sweep stopped before `num_steps` because
             the smoothed loss diverged (above 4 times its minimum, or NaN).
+            False when all `num_steps` ran, even if the last one diverged,
+            and when a user callback stopped training (then the repr says
+            so).
         num_steps: The number of steps asked for.
     """
 
@@ -57,7 +61,12 @@ class LRFindResult:
         found = ", ".join(
             f"{name}={'None' if value is None else format(value, '.3g')}"
             for name, value in self.suggestions.items())
-        how = "stopped early: diverged" if self.stopped_early else "complete"
+        if self.stopped_early:
+            how = "stopped early: diverged"
+        elif len(self.learning_rates) < self.num_steps:
+            how = "stopped early by a callback"
+        else:
+            how = "complete"
         return (f"LRFindResult({len(self.learning_rates)} of {self.num_steps} "
                 f"steps, {how}; {found})")
 
@@ -66,7 +75,11 @@ class LRFindResult:
 
         As fastai's `plot_lr_find`: a log-scaled rate axis, the last
         `skip_end` steps left out (where the loss takes off), and a marker
-        for each suggestion.
+        for each suggestion. Each marker stands at the rate its legend gives,
+        the one in `suggestions` (for `minimum`, a tenth of the rate at the
+        lowest loss, not the lowest point, which fastai marks), at the
+        height of the curve there (interpolated in `log(lr)`; the first
+        loss, if the rate is below the sweep's).
 
         Args:
             ax: Optional matplotlib `Axes` to draw on. Defaults to a new
@@ -88,13 +101,24 @@ class LRFindResult:
         ax.set_xlabel("Base learning rate")
         ax.set_ylabel("Loss (smoothed)")
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]
-        for (name, (lr, loss)), color in zip(self.suggestion_points.items(),
-                                             colors):
-            ax.plot([lr], [loss], "o", color=color,
-                    label=f"{name}: {self.suggestions[name]:.2e}")
+        for name, color in zip(self.suggestion_points, colors):
+            rate = self.suggestions[name]
+            ax.plot([rate], [self._loss_at(name, rate)], "o", color=color,
+                    label=f"{name}: {rate:.2e}")
         if self.suggestion_points:
             ax.legend(loc="best")
         return ax
+
+    def _loss_at(self, name, rate):
+        """The smoothed loss at `rate` on the recorded curve."""
+        lr, loss = self.suggestion_points[name]
+        if lr == rate:  # the rule picked a recorded point: its own loss
+            return loss
+        lrs = np.asarray(self.learning_rates, "float64")
+        losses = np.asarray(self.losses, "float64")
+        finite = np.isfinite(losses)
+        return float(np.interp(np.log(rate), np.log(lrs[finite]),
+                               losses[finite]))
 
 
 def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
@@ -127,13 +151,16 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     The suggestions are fastai's rules, applied as fastai applies them to
     the smoothed losses of the steps from `num_steps // 10` to the sixth
     from last (the first steps barely move, the last ones take off), cut at
-    the first NaN or infinite loss:
+    the first NaN or infinite loss. Indices below count in that window:
 
-    - `valley`: the longest stretch of the curve going down (its longest
-      strictly decreasing subsequence, found by fastai's O(n^2) search),
-      from index `start`, of length `L`; the rate at index
-      `start + int(L / 3) + int(L / 6)`, about half-way down the valley,
-      well before its bottom. fastai's default, usually the best of three.
+    - `valley`: the longest stretch of the curve going down: with `L` the
+      length of the longest strictly decreasing subsequence of the losses
+      (fastai's O(n^2) search) and `end` the first index where one of that
+      length ends, the rate at index `end - L + int(L / 3) + int(L / 6)`,
+      about half-way down the valley, well before its bottom (index 0 if
+      the losses never go down, or if that index is -1: a valley of 2
+      points at the start, where fastai's index reads the window's last
+      point). fastai's default, usually the best of three.
     - `steep`: the rate where the loss falls fastest per unit of
       `log(lr)`: the argmin of `(loss[i+1] - loss[i]) / (log lr[i+1] -
       log lr[i])`, at `lr[i]`.
@@ -142,7 +169,9 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
       rate.
 
     A value is `None` if fewer than 2 steps are left to judge (run at least
-    `num_steps // 10 + 7` steps).
+    `num_steps // 10 + 7` steps: with 5 steps or fewer none is left).
+    `result.stopped_early` is True only if the sweep diverged before its
+    last step.
 
     The model must be built and compiled with a `difflr.LRMultiplier`
     (inside a `LossScaleOptimizer` too), with `steps_per_execution=1`. An
@@ -299,8 +328,9 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     return LRFindResult(
         learning_rates=rates[:n], losses=list(sweep.losses),
         raw_losses=list(sweep.raw_losses), suggestions=suggestions,
-        suggestion_points=points, stopped_early=sweep.diverged,
-        num_steps=num_steps)
+        suggestion_points=points,
+        # A divergence at the last step stops nothing: all steps ran.
+        stopped_early=sweep.diverged and n < num_steps, num_steps=num_steps)
 
 
 def _check_model(model):
@@ -466,8 +496,11 @@ def suggest(learning_rates, losses, num_steps):
         `(suggestions, points)`: dicts from the rule names to the suggested
         rate (or `None`) and to the `(rate, loss)` point each picked.
     """
-    lrs = np.asarray(learning_rates[num_steps // 10:len(losses) - 5], "float64")
-    values = np.asarray(losses[num_steps // 10:len(losses) - 5], "float64")
+    # The end clipped at 0: with fewer than 5 steps, `len - 5` would count
+    # from the end and judge the points it means to leave out.
+    window = slice(num_steps // 10, max(len(losses) - 5, 0))
+    lrs = np.asarray(learning_rates[window], "float64")
+    values = np.asarray(losses[window], "float64")
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         lrs, values = lrs[:bad[0]], values[:bad[0]]
@@ -494,7 +527,9 @@ def _valley(lrs, losses):
                 max_end = i
                 max_start = max_end - lds[max_end]
     sections = (max_end - max_start) / 3
-    idx = max_start + int(sections) + int(sections / 2)
+    # fastai's index is -1 for a longest run of 2 ending at index 1 (its
+    # start is recorded one before the run); numpy would read the last point.
+    idx = max(max_start + int(sections) + int(sections / 2), 0)
     return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
 
 

@@ -379,3 +379,184 @@ def test_bad_input_is_a_clear_error():
                   steps_per_execution=2)
     with pytest.raises(ValueError, match=r"runs 2 steps per execution"):
         difflr.lr_find(model, x, y)
+
+
+# Reporting, hand-computed (issue 22, item 9).
+
+_NONE = {"valley": None, "steep": None, "minimum": None}
+
+
+@pytest.mark.parametrize("recorded", range(9))
+@pytest.mark.parametrize("num_steps", [4, 10, 20])
+def test_suggest_judges_the_window_the_docs_give_or_none(recorded, num_steps):
+    """The window is steps `num_steps // 10` to the sixth from last: none is
+    left with 5 steps or fewer (the end used to count from the back below
+    5: with 4 steps it judged steps 0..2, or 1..2)."""
+    lrs = [10.0 ** (k - 8) for k in range(recorded)]
+    losses = [3.0, 1.0, 2.0, 0.5, 4.0, 0.25, 5.0, 0.1][:recorded]
+    suggestions, points = suggest(lrs, losses, num_steps)
+    first, end = num_steps // 10, recorded - 5    # the window, by hand
+    if end - first < 2:
+        assert (suggestions, points) == (_NONE, {})
+        return
+    # 7 or 8 steps, skip 0 or 1: a window of 2 or 3 points, by hand.
+    window = list(range(first, end))
+    assert (recorded, first, window) in [(7, 0, [0, 1]), (8, 0, [0, 1, 2]),
+                                         (8, 1, [1, 2])]
+    lowest = min(window, key=lambda k: losses[k])
+    # The longest way down is 2 points from the window's start: index 0.
+    assert suggestions == {"valley": lrs[first], "steep": lrs[first],
+                           "minimum": lrs[lowest] / 10}
+    assert points["minimum"] == (lrs[lowest], losses[lowest])
+
+
+def _curve(window_losses, before=(0.05, 0.05), after=(3.0, 0.01, 5.0, 0.02, 9.0)):
+    """A sweep of 20 asked steps (2 skipped) with the given window; the
+    points outside it would change every answer if judged."""
+    losses = list(before) + list(window_losses) + list(after)
+    return [10.0 ** (k / 2 - 6) for k in range(len(losses))], losses
+
+
+def test_suggest_on_a_valley_by_hand():
+    window = [1.3, 1.2, 1.15, 1.1, 0.6, 0.5, 0.45, 0.6, 2.0]
+    lrs, losses = _curve(window)
+    suggestions, points = suggest(lrs, losses, 20)
+    # valley: all of 0..6 goes down (L = 7, end = 6): 6 - 7 + 2 + 1 = 2.
+    # steep: equal log steps, so the largest fall: 1.1 -> 0.6, at 3.
+    # minimum: 0.45 at 6, and a tenth of its rate.
+    assert suggestions == {"valley": lrs[2 + 2], "steep": lrs[2 + 3],
+                           "minimum": lrs[2 + 6] / 10}
+    assert points == {"valley": (lrs[4], 1.15), "steep": (lrs[5], 1.1),
+                      "minimum": (lrs[8], 0.45)}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_suggest_cuts_at_the_first_nan_or_inf(bad):
+    window = [1.3, 1.2, 1.15, 1.1, 0.6, bad, 0.01, 0.6, 2.0]
+    lrs, losses = _curve(window)
+    suggestions, _ = suggest(lrs, losses, 20)
+    # Judged: 1.3, 1.2, 1.15, 1.1, 0.6: valley 4 - 5 + 1 + 0 = 0.
+    assert suggestions == {"valley": lrs[2], "steep": lrs[5],
+                           "minimum": lrs[6] / 10}
+    # Non-finite from the window's first point: nothing to judge.
+    lrs, losses = _curve([bad] + window[1:])
+    assert suggest(lrs, losses, 20) == (_NONE, {})
+
+
+def test_valley_stays_in_the_valley():
+    """fastai's valley index is -1 for a longest way down of 2 points at the
+    start (it records the run's start one before it), which reads the last
+    point, far past the valley: the valley starts at 0."""
+    lrs, losses = _curve([3.0, 2.0, 5.0, 4.0])
+    suggestions, points = suggest(lrs, losses, 20)
+    assert _fastai_valley(np.array(lrs[2:6]), np.array(losses[2:6])) == lrs[5]
+    assert suggestions["valley"] == lrs[2] and points["valley"] == (lrs[2], 3.0)
+    # Never down: index 0, as fastai.
+    lrs, losses = _curve([1.0, 2.0, 3.0])
+    assert suggest(lrs, losses, 20)[0]["valley"] == lrs[2]
+
+
+def _one_weight_sweep(num_steps, start_lr, end_lr, stop_div=True, callbacks=()):
+    """loss = w ** 2 (w from 1, x = 1, y = 0): SGD at rate r makes w * (1 - 2r)."""
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, layers.Dense(1, use_bias=False,
+                                             kernel_initializer="ones")(inputs))
+    model.compile(difflr.LRMultiplier(keras.optimizers.SGD(0.01)), loss="mse")
+    x, y = np.ones((1, 1), "float32"), np.zeros((1, 1), "float32")
+    return difflr.lr_find(model, x, y, batch_size=1, start_lr=start_lr,
+                          end_lr=end_lr, num_steps=num_steps, stop_div=stop_div,
+                          verbose=0, callbacks=list(callbacks))
+
+
+def _by_hand(rates):
+    """The raw and smoothed losses of the one-weight sweep, and whether the
+    smoothed loss went above 4 times its lowest, step by step."""
+    w, average, best, raw, smoothed, above = 1.0, 0.0, math.inf, [], [], []
+    for i, rate in enumerate(rates):
+        raw.append(w * w)
+        average = 0.98 * average + 0.02 * raw[-1]
+        smoothed.append(average / (1 - 0.98 ** (i + 1)))
+        best = min(best, smoothed[-1])
+        above.append(smoothed[-1] > 4 * best)
+        w = w * (1 - 2 * rate)
+    return raw, smoothed, above
+
+
+def test_divergence_at_the_last_step_is_not_stopping_early():
+    # 3 steps at 0.01, 5, 2500: the loss is 1, 0.9604, 77.79 (28x the best
+    # smoothed): only the last step diverges, and all 3 ran.
+    result = _one_weight_sweep(3, 0.01, 2500.0)
+    raw, smoothed, above = _by_hand([0.01, 5.0, 2500.0])
+    assert above == [False, False, True]
+    assert_close(result.raw_losses, raw, rtol=1e-6, atol=0)
+    assert_close(result.losses, smoothed, rtol=1e-6, atol=0)
+    assert len(result.learning_rates) == 3 and not result.stopped_early
+    assert "3 of 3 steps, complete" in repr(result)
+    # The same divergence with a 4th step to go: stopped early, after 3.
+    result = _one_weight_sweep(4, 0.01, 0.01 * 500.0 ** 3)
+    assert result.learning_rates[1] == pytest.approx(5.0, rel=1e-12)
+    assert len(result.learning_rates) == 3 and result.stopped_early
+    assert "3 of 4 steps, stopped early: diverged" in repr(result)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.seen = steps, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.steps:
+            self.model.stop_training = True
+
+
+def test_a_sweep_stopped_by_a_callback_says_so():
+    result = _one_weight_sweep(8, 1e-4, 1e-3, callbacks=[_StopAfter(3)])
+    assert len(result.learning_rates) == 3 and not result.stopped_early
+    assert "3 of 8 steps, stopped early by a callback" in repr(result)
+
+
+@pytest.mark.parametrize("num_steps", range(2, 8))
+def test_suggestions_are_none_up_to_six_steps_end_to_end(num_steps):
+    """All `num_steps` run (no divergence at these rates); the window is
+    steps 0 to the sixth from last: empty or one point up to 6 steps, two
+    at 7 (4 steps used to be judged on steps 0..2)."""
+    result = _one_weight_sweep(num_steps, 1e-4, 1e-2)
+    raw, smoothed, above = _by_hand(result.learning_rates)
+    assert len(result.learning_rates) == num_steps and not any(above)
+    assert not result.stopped_early
+    assert_close(result.losses, smoothed, rtol=1e-6, atol=0)
+    if num_steps < 7:
+        assert result.suggestions == _NONE and result.suggestion_points == {}
+        assert "None" in repr(result)
+        return
+    # Two points going down: valley and steep at the first, minimum at the
+    # second, a tenth of its rate.
+    lrs = result.learning_rates
+    assert smoothed[1] < smoothed[0]
+    assert result.suggestions == {"valley": lrs[0], "steep": lrs[0],
+                                  "minimum": lrs[1] / 10}
+
+
+def test_plot_marks_each_suggestion_at_the_rate_its_legend_gives():
+    window = [1.3, 1.2, 1.15, 1.1, 0.6, 0.5, 0.45, 0.6, 2.0]
+    lrs, losses = _curve(window)
+    suggestions, points = suggest(lrs, losses, 20)
+    result = difflr.LRFindResult(
+        learning_rates=lrs, losses=losses, raw_losses=losses,
+        suggestions=suggestions, suggestion_points=points,
+        stopped_early=False, num_steps=20)
+    ax = result.plot()
+    markers = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0])
+               for line in ax.get_lines()[1:]}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(markers)
+    # The minimum's rate, a tenth of 0.45's (step 8), is that of step 6 (the
+    # rates grow 10x in 2 steps), where the curve is at 0.6.
+    assert markers == {
+        f"valley: {lrs[4]:.2e}": (lrs[4], 1.15),
+        f"steep: {lrs[5]:.2e}": (lrs[5], 1.1),
+        f"minimum: {lrs[8] / 10:.2e}": (lrs[8] / 10, pytest.approx(0.6, rel=1e-9)),
+    }
+    assert lrs[8] / 10 == pytest.approx(lrs[6], rel=1e-12)
+    import matplotlib.pyplot as plt
+    plt.close("all")
