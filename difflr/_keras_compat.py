@@ -58,6 +58,14 @@ The private names, where difflr uses them, and why each is unavoidable:
   `keras.callbacks.SwapEMAWeights` reads on the optimizer inside a
   `LossScaleOptimizer`: an `LRMultiplier` shows its wrapped optimizer's there
   (`MOVING_AVERAGES`, `moving_averages`).
+- `Variable._value`: the backend array or tensor behind a Keras variable,
+  for two facts no public API gives. Inside a JAX `fit`, Keras sets it to
+  None (it purges the optimizer's variables while the loop holds their
+  values), and the public `value` then returns the initializer's values
+  instead (`is_purged`). And whether a variable was written since it was
+  last read: a JAX array is replaced on every write, a torch tensor counts
+  its in-place writes (`write_stamp`). Checked against Keras 3.12.0 to
+  3.16.0.dev.
 - `JAXTrainer.jax_state_sync()`: makes the model's variables the training
   state inside a JAX `fit`, before `set_multipliers` writes its vectors
   (`sync_training_state`).
@@ -441,6 +449,32 @@ def moving_averages(optimizer):
     """`optimizer`'s EMA averages (Keras's `_model_variables_moving_average`),
     or None when it has none (no `use_ema`, not built)."""
     return getattr(optimizer, MOVING_AVERAGES, None)
+
+
+def is_purged(variable):
+    """Whether Keras removed `variable`'s value while a JAX `fit` holds it
+    in its training state (`JAXTrainer._purge_model_variables`): reading
+    the variable then gives its initial value, not the one in force."""
+    return keras.backend.backend() == "jax" and variable._value is None
+
+
+def write_stamp(variable):
+    """Something that changes whenever `variable` is written, cheap to take
+    (no device read), or None where no such thing exists (TensorFlow).
+    Compare two with `same_stamps`."""
+    backend = keras.backend.backend()
+    value = getattr(variable, "_value", None)
+    if value is None or backend not in ("jax", "torch"):
+        return None
+    # JAX arrays are immutable: every assign puts a new one in place.
+    return (value, value._version if backend == "torch" else 0)
+
+
+def same_stamps(a, b):
+    """Whether two tuples of `write_stamp`s say that nothing was written."""
+    if a is None or b is None:
+        return False
+    return all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b))
 
 
 def sync_training_state(model):

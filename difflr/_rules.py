@@ -445,6 +445,14 @@ class RuleMaps:
         new.decay = merge(self.decay, new.decay)
         return new
 
+    def merged_maps(self, other):
+        """These maps with the rules of `other` (`RuleMaps`) replacing those
+        with their keys."""
+        new = RuleMaps()
+        new.lr = merge(self.lr, other.lr)
+        new.decay = merge(self.decay, other.decay)
+        return new
+
     def resolve(self, variables, model=None, saved=None):
         """A `Resolution` of `variables` (the most specific rule wins, then
         `saved`, a `(multipliers, decay_multipliers)` table per variable,

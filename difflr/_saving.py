@@ -6,18 +6,22 @@ can be saved as such: strings and registered layer classes),
 `keep_frozen_state` and `saved_resolution`. Files saved by every earlier
 version load: these keys do not change.
 
-Once the optimizer is built, its resolution is what counts, so it is saved
-instead of the rules (`SavedResolution`): rules whose keys are objects or
-callables cannot be saved, and Keras gives variables new paths when a model
-is loaded, so path rules could match differently. The table is matched to
-the variables by position and shape when the loaded optimizer builds, and
-ranks below every rule given since (`difflr._rules`). It also says which
-variables had optimizer state, so that the state of a variable paused when
-saved loads (`difflr._pause.tracked_positions`).
+Once the optimizer is built (or could be resolved for the model being
+saved), its resolution is what counts, and it is saved beside the rules
+(`SavedResolution`): rules whose keys are objects or callables cannot be
+saved, and Keras gives variables new paths when a model is loaded, so path
+rules could match differently. The loaded optimizer takes its values from
+the table, matched to the variables by position and shape when it builds;
+the saved rules rank below it (they gave those values) and every rule given
+since ranks above it (`difflr._rules`). The table holds no variable paths,
+which a load changes, so that a config round-trips unchanged through a
+save, as a plain optimizer's does. It also says which variables had
+optimizer state, so that the state of a variable paused when saved loads
+(`difflr._pause.tracked_positions`).
 
 The multiplier vectors themselves are optimizer variables, saved and loaded
 by Keras with the others; the host-side values are read back from them
-(`_state.Multipliers.read`).
+(`_state.Multipliers.refresh`).
 """
 
 import keras
@@ -29,15 +33,17 @@ class SavedResolution:
     """The multipliers of a built optimizer, one entry per trainable variable.
 
     Attributes:
-        paths, shapes: of the variables when saved (the paths for messages).
+        shapes: of the variables when saved.
         multipliers, decay_multipliers: the values in force.
         has_state: whether the wrapped optimizer kept state for each.
     """
 
-    _KEYS = ("paths", "shapes", "multipliers", "decay_multipliers", "has_state")
+    _KEYS = ("shapes", "multipliers", "decay_multipliers", "has_state")
 
-    def __init__(self, paths, shapes, multipliers, decay_multipliers, has_state=None):
-        self.paths, self.shapes = list(paths), [list(s) for s in shapes]
+    def __init__(self, shapes, multipliers, decay_multipliers, has_state=None,
+                 paths=None):
+        # (`paths`: in files saved by difflr 0.1, unused: a load renames)
+        self.shapes = [list(s) for s in shapes]
         self.multipliers = list(multipliers)
         self.decay_multipliers = list(decay_multipliers)
         # (files saved before `has_state` existed: state only where m != 0)
@@ -48,7 +54,7 @@ class SavedResolution:
         """The resolution of `variables`: their values, and the positions
         the wrapped optimizer keeps (or will keep) state for."""
         tracked = set(tracked)
-        return cls([v.path for v in variables], [list(v.shape) for v in variables],
+        return cls([list(v.shape) for v in variables],
                    multipliers, decay_multipliers,
                    [i in tracked for i in range(len(variables))])
 
@@ -65,13 +71,18 @@ class SavedResolution:
         the variables saved, in order."""
         shapes = [list(v.shape) for v in variables]
         if self.shapes != shapes:
+            first = next((i for i, (a, b) in enumerate(zip(self.shapes, shapes))
+                          if a != b), min(len(shapes), len(self.shapes)))
             raise ValueError(
                 "This LRMultiplier was saved for a model with "
-                f"{len(self.shapes)} trainable variables (first: "
-                f"{list(zip(self.paths, self.shapes))[:3]}), but it is being "
-                f"built for {len(shapes)} others (first: "
-                f"{[(v.path, s) for v, s in zip(variables, shapes)][:3]}). "
-                "Load it with the model it was saved with."
+                f"{len(self.shapes)} trainable variables, but it is being "
+                f"built for {len(shapes)} with other shapes (the first "
+                f"difference is at variable {first}: "
+                + (f"'{variables[first].path}' has shape {shapes[first]}"
+                   if first < len(shapes) else "there is none")
+                + ", the saved one "
+                + (f"{self.shapes[first]}" if first < len(self.shapes) else "none")
+                + "). Load it with the model it was saved with."
             )
         return self.multipliers, self.decay_multipliers
 
@@ -83,8 +94,7 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None,
     Args:
         name: its name.
         optimizer: the wrapped optimizer.
-        rules: its `_rules.RuleMaps`, or None for a built optimizer, whose
-            `resolution` is saved instead.
+        rules: its `_rules.RuleMaps` (those that can be saved as such are).
         keep_frozen_state: its flag.
         resolution: a `SavedResolution`: of the built optimizer, or the one
             it was loaded with.

@@ -188,7 +188,12 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self.keep_frozen_state = bool(keep_frozen_state)
         self._rules = _rules.RuleMaps(multipliers, decay_multipliers)
         _warn_if_no_weight_decay(inner, decay_multipliers)
-        self._saved = None  # a `_saving.SavedResolution`, set by `from_config`
+        # A `_saving.SavedResolution`: the values loaded with the optimizer
+        # (`from_config`) or restored into its variables (`_adopt_restored`).
+        # It ranks below the rules given since; `_superseded` holds the rules
+        # given before, whose effect it holds (kept for `get_config`).
+        self._saved = None
+        self._superseded = _rules.RuleMaps()
         self._model_ref = None
         # Set by `build`: `_state.Layout`, `_state.Multipliers`,
         # `_pause.Pause`, and the backend's `_update.Update`.
@@ -198,7 +203,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
     # Plain Python state, rewritten by every `set_multipliers`: Keras's
     # attribute tracking, and TensorFlow's under it, would wrap and walk it on
     # each assignment, so it is set around it.
-    _UNTRACKED = frozenset({"_rules", "_saved", "_model_ref", "_layout",
+    _UNTRACKED = frozenset({"_rules", "_saved", "_superseded", "_model_ref", "_layout",
                             "_multipliers", "_pause", "_update"})
 
     def __setattr__(self, name, value):
@@ -261,24 +266,32 @@ class LRMultiplier(keras.optimizers.Optimizer):
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Excludes variables from the wrapped optimizer's weight decay.
 
-        Acts on the wrapped optimizer, before the optimizer is built: which
-        variables decay is decided once, when it is built.
+        Acts on the wrapped optimizer, and accepts what it accepts: before
+        the optimizer is built always; after, where the installed Keras
+        does (3.15 and older take the call, with effect from the next
+        traced step; 3.16 refuses it, and so does this).
 
         Args:
             var_list: Optional list of variables to exclude.
-            var_names: Optional list of strings: a variable whose path
+            var_names: Optional list of strings: a variable whose name
                 contains one of them is excluded.
         """
-        if self.built:
+        try:
+            self.inner_optimizer.exclude_from_weight_decay(
+                var_list=var_list, var_names=var_names)
+        except ValueError as e:
+            if not self.built:
+                raise
             raise ValueError(
                 "LRMultiplier.exclude_from_weight_decay was called after the "
-                "optimizer was built, when which variables decay is already "
-                "decided. Call it before `fit` (or before "
+                f"optimizer was built, which Keras {keras.__version__} refuses "
+                f"({e}). Call it before `fit` (or before "
                 "`optimizer.build(...)`), or give those variables decay "
                 "multiplier 0 with `set_multipliers(decay_multipliers=...)`."
-            )
-        self.inner_optimizer.exclude_from_weight_decay(
-            var_list=var_list, var_names=var_names)
+            ) from None
+        if self.built:
+            self._layout.decide_weight_decay()
+            self._multipliers.version += 1  # (derived caches: torch's plan)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(
@@ -344,7 +357,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
             self._decay_multipliers = self._vector("decay_multipliers", layout, decay)
         self._layout = layout
         self._multipliers = _state.Multipliers(
-            layout, lr, decay, self._lr_multipliers, self._decay_multipliers)
+            layout, lr, decay, self._lr_multipliers, self._decay_multipliers,
+            on_restored=self._adopt_restored, sync=self._sync_training_state)
         self._pause = _pause.Pause(inner, layout)
         self._update = Update(inner, layout, self._multipliers, self._pause)
         _declarations.claim(self, var_list)
@@ -452,7 +466,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
             The multiplier, a Python float.
         """
         position = self._position(variable)
-        return self._multipliers.lr[position]
+        return self._current().lr[position]
 
     def decay_multiplier_for(self, variable):
         """The weight-decay multiplier in force for `variable`.
@@ -464,7 +478,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
             The decay multiplier, a Python float.
         """
         position = self._position(variable)
-        return self._multipliers.decay[position]
+        return self._current().decay[position]
 
     def weight_decay_for(self, variable):
         """The weight decay applied to `variable`, per unit of its rate.
@@ -486,7 +500,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
         weight_decay = None if index is None else self._layout.weight_decay[index]
         if weight_decay is None:
             return 0.0
-        return float(weight_decay) * self._multipliers.decay[position]
+        return float(weight_decay) * self._current().decay[position]
+
+    def _current(self):
+        """The `_state.Multipliers`, up to date with the optimizer variables
+        (which a restore may have written)."""
+        self._multipliers.refresh()
+        return self._multipliers
 
     def _position(self, variable):
         if not self.built:
@@ -523,26 +543,76 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 a non-zero multiplier. Build with `keep_frozen_state=True` to
                 unfreeze later.
         """
-        rules = self._rules.merged(multipliers, decay_multipliers)
+        _rules.RuleMaps(multipliers, decay_multipliers)  # bad rules fail first
         _warn_if_no_weight_decay(self.inner_optimizer, decay_multipliers)
+        if self.built:
+            # The training state first (on JAX, inside `fit`), then what it
+            # holds: restored values become the ground the rules apply on.
+            self._sync_training_state()
+            self._multipliers.refresh()
+        rules = self._rules.merged(multipliers, decay_multipliers)
         if self.built:
             layout = self._layout
             model = None if self._model_ref is None else self._model_ref()
             resolution = rules.resolve(layout.variables, model,
                                        self._saved_tables(layout.variables))
             _pause.check_unfreezable(layout, resolution.multipliers)
-            if model is not None:
-                _keras_compat.sync_training_state(model)
             before = self._multipliers.lr
             self._multipliers.write(resolution.multipliers, resolution.decay_multipliers)
             self._pause.clear_velocities(self._multipliers.lr, before)
         self._rules = rules
 
+    def _sync_training_state(self):
+        """On JAX, makes the variables hold the training state of every
+        `fit` that may be training with this optimizer: the model it was
+        built for, and the model whose `fit` (or `save`) is on the call
+        stack, which differs when one optimizer serves two models. Writes to
+        the variables then reach the running loop, and reads see its values.
+        A no-op on other backends and outside `fit`."""
+        if keras.backend.backend() != "jax":
+            return
+        models = [None if self._model_ref is None else self._model_ref(),
+                  _keras_compat.find_compiled_model(self)]
+        for model in {id(m): m for m in models if m is not None}.values():
+            _keras_compat.sync_training_state(model)
+
+    def _adopt_restored(self, before):
+        """The variables were given values other than through
+        `set_multipliers` (a checkpoint, `set_state_tree`, an `assign`):
+        they are in force now. The rules given so far are superseded by
+        them, as by a loaded file's resolution (rules given later apply on
+        top), and a velocity whose pause begins with them is cleared."""
+        multipliers, layout = self._multipliers, self._layout
+        self._saved = _saving.SavedResolution.of(
+            layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
+        self._superseded = self._superseded.merged_maps(self._rules)
+        self._rules = _rules.RuleMaps()
+        self._pause.clear_velocities(multipliers.lr, before)
+
     # Saving (see `difflr/_saving.py`).
 
     def load_own_variables(self, store):
-        super().load_own_variables(store)
+        """Loads the optimizer's variables from a Keras checkpoint `store`.
+
+        A file saved by an earlier difflr may lack state variables that
+        this version adds at the end of `variables`: those keep their
+        initial values.
+        """
+        variables = self.variables
+        count = len(store.keys())
+        extra = len(variables) - count
+        if not self.built or extra < 0 or extra > len(self._trailing_variables()):
+            return super().load_own_variables(store)
+        for i, variable in enumerate(variables[:count]):
+            variable.assign(store[str(i)])
         self._restored()
+
+    def _trailing_variables(self):
+        """The variables listed after the wrapped optimizer's, which files
+        saved by earlier versions of difflr do not hold."""
+        variables, inner = self.variables, self.inner_optimizer.variables
+        tail = 2 + len(inner)  # the two multiplier vectors come first
+        return variables[tail:]
 
     def set_weights(self, weights):
         """Sets the optimizer's variables, in the order of `variables`.
@@ -569,21 +639,25 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._restored()
 
     def _restored(self):
-        """Refreshes the host-side values after the vectors were restored."""
+        """Takes over the values restored into the vectors."""
         if self.built:
-            self._multipliers.read()
+            self._multipliers.refresh()
             # (files saved by earlier versions may hold a paused velocity)
             self._pause.clear_velocities(self._multipliers.lr)
 
     def get_config(self):
+        # The rules that can be saved as such, however long ago they were
+        # given; once built, the values in force decide (loaded, they rank
+        # above those rules, so the config round-trips).
+        rules = self._superseded.merged_maps(self._rules)
         if self.built:
-            layout, multipliers = self._layout, self._multipliers
+            layout, multipliers = self._layout, self._current()
             resolution = _saving.SavedResolution.of(
                 layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
-            return _saving.config(self.name, self.inner_optimizer, None,
+            return _saving.config(self.name, self.inner_optimizer, rules,
                                   self.keep_frozen_state, resolution)
         resolution = self._saved
-        if resolution is None and self._rules.needs_resolution_to_save():
+        if resolution is None and rules.needs_resolution_to_save():
             # Not built yet (compiled, not fitted), with rules that can only
             # be saved resolved: resolve them for the model being saved.
             model = _keras_compat.find_compiled_model(self)
@@ -606,14 +680,19 @@ class LRMultiplier(keras.optimizers.Optimizer):
                            if m != 0 or self.keep_frozen_state]
                 resolution = _saving.SavedResolution.of(
                     variables, found.multipliers, found.decay_multipliers, tracked)
-        return _saving.config(self.name, self.inner_optimizer, self._rules,
+        return _saving.config(self.name, self.inner_optimizer, rules,
                               self.keep_frozen_state, resolution)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         optimizer, arguments, resolution = _saving.from_config(config, custom_objects)
         loaded = cls(optimizer, **arguments)
-        loaded._saved = resolution
+        if resolution is not None:
+            # The saved values are those the saved rules (and the rules that
+            # could not be saved) gave: they rank above those rules, below
+            # any given from now on.
+            loaded._saved = resolution
+            loaded._superseded, loaded._rules = loaded._rules, _rules.RuleMaps()
         return loaded
 
 

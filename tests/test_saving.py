@@ -175,7 +175,9 @@ def test_a_file_saved_before_the_restructuring_loads_and_trains_on():
     for v in model.trainable_variables:
         assert opt.multiplier_for(v) == expected["multipliers"][v.path]
         assert opt.decay_multiplier_for(v) == expected["decay_multipliers"][v.path]
-    assert opt.get_config()["saved_resolution"] == expected["config"]
+    # (paths are no longer saved: a load renames the variables)
+    saved = {k: v for k, v in expected["config"].items() if k != "paths"}
+    assert opt.get_config()["saved_resolution"] == saved
     x, y = np.float32(expected["x"]), np.float32(expected["y"])
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     after = expected["weights_after_one_more_epoch"]

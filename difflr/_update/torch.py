@@ -52,6 +52,10 @@ class TorchUpdate:
 
     def before_apply(self):
         _refuse_unsynchronised_fit()
+        if not torch_traced.is_tracing():
+            # A restore may have written the vectors (no cost if not): the
+            # plan is made from what they hold.
+            self.multipliers.refresh()
 
     def after_apply(self):
         pass
