@@ -42,6 +42,10 @@ The private names, where difflr uses them, and why each is unavoidable:
   `_check_variables_are_known`: the variables an optimizer was built for,
   read on the `LRMultiplier` itself (a Keras optimizer): `built_variables`,
   `position_of`, `check_known`.
+- `Layer._trainable_variables`: the variables a layer created trainable,
+  which it keeps while frozen (`trainable = False`, `enable_lora`) and
+  turns back on when unfrozen, so that groups keep their place whatever is
+  frozen now (`created_trainable`, used by `difflr.groups`).
 - `Layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out and to group models. `nested_layers`,
   `direct_layers`.
@@ -179,6 +183,18 @@ def check_known(optimizer, variables):
 def nested_layers(layer):
     """`layer` and every layer nested in it, at any depth."""
     return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def created_trainable(layer):
+    """The variables of `layer` (at any depth) created trainable, whether they
+    train now or not. `layer.trainable = False` (and KerasHub's
+    `enable_lora`, and Keras's own `enable_lora` on a kernel) only clears
+    `variable.trainable`: Keras keeps such variables in the private
+    `_trainable_variables` of their layer (Keras 3.0 to 3.16.0.dev), which
+    is what `trainable = True` turns back on. Variables created
+    non-trainable (BatchNormalization's moving statistics) are not in it."""
+    return [v for sub in nested_layers(layer)
+            for v in getattr(sub, "_trainable_variables", ())]
 
 
 def direct_layers(layer):

@@ -206,6 +206,7 @@ class _Variables:
         self.model = model
         self.position = {id(v): i for i, v in enumerate(variables)}
         self._by_path = None
+        self._weight_ids = None
 
     def with_path(self, path):
         if self._by_path is None:
@@ -218,30 +219,126 @@ class _Variables:
         return [self.position[id(v)] for v in layer_variables
                 if id(v) in self.position]
 
+    def foreign(self, weights):
+        """Whether `weights` belong to another model: none of them is the
+        model's (with no model known: some train, yet none is among the
+        variables)."""
+        if self.model is None:
+            return (any(v.trainable for v in weights)
+                    and not self.positions(weights))
+        if self._weight_ids is None:
+            self._weight_ids = {id(v) for v in self.model.weights}
+        return not any(id(v) in self._weight_ids for v in weights)
+
 
 # One function per kind of rule: each returns the rule's candidates as
 # (position, _Candidate) pairs, or raises if the rule matches nothing.
 
 def _variable_claims(rule, variables):
-    if id(rule.key) not in variables.position:
+    key = rule.key
+    if id(key) not in variables.position and variables.foreign([key]):
+        key = _stand_in(rule, variables, variable_counterparts(key, variables.model))
+    if id(key) not in variables.position:
         raise _no_match(rule, variables.list, "it is not a trainable variable "
                         "of the model: is its layer trainable=False?")
-    return [(variables.position[id(rule.key)],
+    return [(variables.position[id(key)],
              _Candidate(VARIABLE, rule, rule.value))]
 
 
 def _layer_claims(rule, variables):
-    layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(rule.key))
+    layer = rule.key
+    if layer.weights and variables.foreign(layer.weights):
+        layer = _stand_in(rule, variables, layer_counterparts(layer, variables.model))
+    layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
     candidate = _Candidate(LAYER, rule, rule.value, layer_ids)
     # All its weights that train: a frozen layer may hold trainable ones
     # (KerasHub's `enable_lora` freezes a block, not its LoRA layers).
-    claims = [(i, candidate) for i in variables.positions(rule.key.weights)]
+    claims = [(i, candidate) for i in variables.positions(layer.weights)]
     if not claims:
         why = ("it has no trainable variables: is it built, and trainable?"
-               if not any(v.trainable for v in rule.key.weights) else
+               if not any(v.trainable for v in layer.weights) else
                "its variables are not among the model's trainable ones")
         raise _no_match(rule, variables.list, why)
     return claims
+
+
+# A rule keyed by a layer or variable of another model: the model before
+# `keras.models.load_model` or `clone_model` (rule maps and groups made from
+# it, "the same arguments" to resume with). Its counterpart in the model
+# being trained stands in for it when there is exactly one: same name (names
+# survive load_model and clone_model), class and variable shapes.
+
+def layer_counterparts(layer, model):
+    """The layers of `model` that could stand for `layer`, of another model."""
+    if model is None:
+        return []
+    shapes = _shapes(layer.weights)
+    return [l for l in _keras_compat.nested_layers(model)
+            if l.name == layer.name and type(l) is type(layer)
+            and _shapes(l.weights) == shapes]
+
+
+def variable_counterparts(variable, model):
+    """The variables of `model` that could stand for `variable`, of another
+    model: same name, shape and dtype, and the same path (or one path the
+    end of the other: Keras drops or adds the outer scope on load)."""
+    if model is None:
+        return []
+    alike = [v for v in model.weights
+             if v.name == variable.name and tuple(v.shape) == tuple(variable.shape)
+             and v.dtype == variable.dtype]
+    exact = [v for v in alike if v.path == variable.path]
+    if exact:
+        return exact
+    path = variable.path.split("/")
+    return [v for v in alike if _ends_alike(v.path.split("/"), path)]
+
+
+def _shapes(weights):
+    return [tuple(v.shape) for v in weights]
+
+
+def _ends_alike(a, b):
+    n = min(len(a), len(b))
+    return a[len(a) - n:] == b[len(b) - n:]
+
+
+def _stand_in(rule, variables, found):
+    """The one counterpart `found`, or an error naming the real cause."""
+    if len(found) == 1:
+        return found[0]
+    raise ValueError(foreign_key_message(
+        f"The {rule.what} {rule.describe()} matches no trainable variable: it",
+        rule.key, variables.model, len(found)))
+
+
+def foreign_key_message(culprit, key, model, count):
+    """Why the layer or variable `key` of another model cannot be used on
+    `model` (it has `count` possible counterparts there, 0 or several)."""
+    kind = "variable" if isinstance(key, keras.Variable) else "layer"
+    if kind == "layer":
+        alike = (f"layer named '{key.name}' of class {type(key).__name__} "
+                 "with those variable shapes")
+        own_key = f"`model.get_layer('{key.name}')`"
+    else:
+        alike = f"variable named '{key.name}' with that shape and path"
+        own_key = "`model.get_layer(...).kernel`"
+    if model is None:
+        found = ("difflr could not find that model to look for the "
+                 f"{kind} standing for it")
+    elif count == 0:
+        found = f"'{model.name}' has no {alike} to stand for it"
+    else:
+        found = (f"'{model.name}' has {count} of them ({alike}s), so which "
+                 "one it stands for is ambiguous")
+    return (
+        f"{culprit} is a {kind} of another model than the one being trained, "
+        "such as the model before `keras.models.load_model` or "
+        f"`keras.models.clone_model`, and {found}. Make the rule map (or the "
+        "groups) again from the model you train: e.g. "
+        "`difflr.layerwise_decay(model)`, `difflr.groups(model)`, or "
+        f"{own_key} as the key."
+    )
 
 
 def _path_claims(rule, variables):
@@ -458,10 +555,12 @@ class RuleMaps:
         `saved`, a `(multipliers, decay_multipliers)` table per variable,
         then the layers' declarations, then 1.0)."""
         saved_lr, saved_decay = saved if saved is not None else (None, None)
+        # Read from the layers now, not from when they were built.
+        declared = _declarations.Declarations(variables, model)
         lr, lr_sources = resolve(variables, self.lr, model, saved_lr,
-                                 _declarations.declared_lr)
+                                 declared.lr)
         decay, decay_sources = resolve(variables, self.decay, model, saved_decay,
-                                       _declarations.declared_decay)
+                                       declared.decay)
         return Resolution(lr, decay, lr_sources, decay_sources)
 
     def needs_resolution_to_save(self):

@@ -48,6 +48,10 @@ def discriminative(groups, lr=None, factor=None):
             groups, bottom to head, each a list of layers (or a single layer).
             With a list, variables in no group keep their default multiplier
             1.0: `difflr.groups(model)` covers every trainable variable.
+            `i` and `n` are the groups' layer ids as `difflr.groups` gives
+            them (frozen groups keep their place, so freezing before or
+            after gives the other groups the same rates); a list without
+            `layer_ids` counts as `0..n-1`.
         lr: A `slice(lo, hi)` with `0 < lo <= hi`, or `slice(hi)` with
             `hi > 0`.
         factor: A number >= 1: the ratio between consecutive groups.
@@ -82,7 +86,7 @@ def discriminative(groups, lr=None, factor=None):
     """
     who = "difflr.discriminative"
     layer_groups = _groups_of(groups, who)
-    n = len(layer_groups)
+    layer_ids, n = _layer_ids(groups, layer_groups)
     if (lr is None) == (factor is None):
         raise ValueError(
             f"{who}: give exactly one of `lr=slice(lo, hi)` (or `slice(hi)`) "
@@ -95,7 +99,7 @@ def discriminative(groups, lr=None, factor=None):
         multipliers = [factor ** -(n - 1 - i) for i in range(n)]
     else:
         multipliers = _slice_multipliers(lr, n, who)
-    return _rule_map(layer_groups, multipliers)
+    return _rule_map(layer_groups, [multipliers[i] for i in layer_ids])
 
 
 def _slice_multipliers(lr, n, who):
@@ -145,6 +149,24 @@ def _groups_of(groups, who):
     return grouping.groups(groups)
 
 
+def _layer_ids(given, layer_groups):
+    """Each group's layer id and the number of ids: those `difflr.groups`
+    gives (frozen groups keep their place, so freezing before or after
+    making the rules changes no rate), else `0..n-1` and `n`."""
+    ids = getattr(given, "layer_ids", None)
+    total = getattr(given, "num_layer_ids", None)
+    if isinstance(given, keras.layers.Layer) or ids is None:
+        ids = getattr(layer_groups, "layer_ids", None)
+        total = getattr(layer_groups, "num_layer_ids", None)
+    n = len(layer_groups)
+    # Ids that do not fit the groups given (a list edited after
+    # `difflr.groups`) are not guessed from: count the groups as given.
+    if (ids is None or not isinstance(total, int) or len(ids) != n
+            or list(ids) != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= total):
+        return list(range(n)), n
+    return list(ids), total
+
+
 def _rule_map(layer_groups, multipliers):
     return {layer: float(m)
             for group, m in zip(layer_groups, multipliers) for layer in group}
@@ -168,6 +190,12 @@ def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
     everything below moves down one step, as timm's ViT (final norm and head
     apart). The optimizer's base rate is the head's rate.
 
+    `i` and `n` are the layer ids of `difflr.groups(model)`, which count
+    the groups of frozen layers too (`layer_ids`, `num_layer_ids`): a layer
+    frozen before or after this call (`trainable=False`, or KerasHub's
+    `backbone.enable_lora`, which freezes the embeddings) leaves every
+    other group at the same rate. The frozen groups get no rule.
+
     Args:
         model: A built Keras model.
         decay: The ratio between consecutive groups, `0 < decay <= 1`
@@ -176,7 +204,9 @@ def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
             (timm's `min_scale`). Defaults to no floor.
         groups: Optional list of groups, bottom to head, each a list of layers
             (or a single layer), covering every trainable variable of `model`
-            exactly once. Defaults to `difflr.groups(model)`.
+            exactly once. Defaults to `difflr.groups(model)`. A list given
+            here counts as `0..n-1` unless it carries `layer_ids` (as
+            `difflr.groups` returns).
 
     Returns:
         A dict `{layer: multiplier}` covering every layer of every group.
@@ -214,9 +244,9 @@ def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
         layer_groups = grouping.groups(model)
     else:
         layer_groups = grouping.check_groups(groups, who, model=model)
-    n = len(layer_groups)
+    layer_ids, n = _layer_ids(groups, layer_groups)
     return _rule_map(layer_groups,
-                     [max(floor, decay ** (n - 1 - i)) for i in range(n)])
+                     [max(floor, decay ** (n - 1 - i)) for i in layer_ids])
 
 
 # Variable names (the last part of the path) that timm, BEiT and KerasHub

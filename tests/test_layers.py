@@ -95,3 +95,129 @@ def test_saved_model_with_declaring_layers_loads(tmp_path):
     loaded = keras.models.load_model(path)
     assert type(loaded.layers[0]) is difflr.layers.Dense
     assert loaded.optimizer.multiplier_for(loaded.layers[0].kernel) == 0.1
+
+
+# Declarations belong to the layer: a layer built frozen (Keras's transfer
+# learning guide: freeze the base, train the head, unfreeze, recompile), or
+# loaded from a file saved frozen, trains at its declaration once unfrozen.
+
+N = 8
+KERNEL_M, BIAS_M = 0.1, 3.0
+
+
+def _two_stage_model():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4,))
+    base = difflr.layers.Dense(3, kernel_lr_multiplier=KERNEL_M,
+                               bias_lr_multiplier=BIAS_M, name="base")
+    base.trainable = False  # built frozen
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(base(inputs)))
+    return model, base
+
+
+def _two_stage_data():
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(N, 4)).astype("float32"),
+            rng.normal(size=(N, 2)).astype("float32"))
+
+
+def _sgd_by_hand(params, x, y, steps, rates, momentum=0.9):
+    """Keras SGD with momentum, one optimizer copy per variable at its own
+    rate, on the linear `base -> head` model with the mean squared error,
+    full batches, in float64. `rates` are base kernel, base bias, head
+    kernel, head bias (0: not trained). A fresh optimizer: no velocity."""
+    params = [p.astype("float64") for p in params]
+    velocity = [np.zeros_like(p) for p in params]
+    for _ in range(steps):
+        w0, b0, w1, b1 = params
+        h = x @ w0 + b0
+        d_out = 2 * (h @ w1 + b1 - y) / y.size
+        d_h = d_out @ w1.T
+        grads = [x.T @ d_h, d_h.sum(0), h.T @ d_out, d_out.sum(0)]
+        for i, (g, rate) in enumerate(zip(grads, rates)):
+            if rate:
+                velocity[i] = momentum * velocity[i] - rate * g
+                params[i] = params[i] + velocity[i]
+    return params
+
+
+def _stage_two(model, x, y, lr):
+    model.get_layer("base").trainable = True
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(lr, momentum=0.9))
+    model.compile(optimizer=opt, loss="mse")  # recompile, as the guide says
+    model.fit(x, y, batch_size=N, epochs=3, shuffle=False, verbose=0)
+    return opt
+
+
+def _expected_after_both_stages(initial, x, y):
+    stage_one = _sgd_by_hand(initial, x, y, steps=2, rates=[0, 0, 0.05, 0.05])
+    return _sgd_by_hand(stage_one, x, y, steps=3,
+                        rates=[0.02 * KERNEL_M, 0.02 * BIAS_M, 0.02, 0.02])
+
+
+def _fit_stage_one(model, x, y):
+    model.compile(optimizer=difflr.LRMultiplier(
+        keras.optimizers.SGD(0.05, momentum=0.9)), loss="mse")
+    model.fit(x, y, batch_size=N, epochs=2, shuffle=False, verbose=0)
+
+
+def test_a_layer_built_frozen_trains_at_its_declaration_once_unfrozen():
+    x, y = _two_stage_data()
+    model, base = _two_stage_model()
+    assert not base.trainable_variables  # built while trainable=False
+    initial = [to_numpy(v).copy() for v in model.weights]
+    _fit_stage_one(model, x, y)
+    opt = _stage_two(model, x, y, lr=0.02)
+    assert [opt.multiplier_for(v) for v in model.trainable_variables] == \
+        [KERNEL_M, BIAS_M, 1.0, 1.0]
+    for v, expected in zip(model.trainable_variables,
+                           _expected_after_both_stages(initial, x, y)):
+        np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=v.path)
+
+
+def test_a_layer_saved_frozen_trains_at_its_declaration_after_load(tmp_path):
+    x, y = _two_stage_data()
+    model, _ = _two_stage_model()
+    initial = [to_numpy(v).copy() for v in model.weights]
+    _fit_stage_one(model, x, y)
+    path = str(tmp_path / "stage1.keras")
+    model.save(path)  # saved frozen
+    loaded = keras.models.load_model(path)
+    assert not loaded.get_layer("base").trainable
+    opt = _stage_two(loaded, x, y, lr=0.02)
+    assert [opt.multiplier_for(v) for v in loaded.trainable_variables] == \
+        [KERNEL_M, BIAS_M, 1.0, 1.0]
+    for v, expected in zip(loaded.trainable_variables,
+                           _expected_after_both_stages(initial, x, y)):
+        np.testing.assert_allclose(to_numpy(v), expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=v.path)
+
+
+def test_a_clone_of_a_frozen_layer_declares_once_unfrozen():
+    model, _ = _two_stage_model()
+    clone = keras.models.clone_model(model)  # its base is built frozen too
+    clone.get_layer("base").trainable = True
+    opt = difflr.LRMultiplier("sgd")
+    clone.compile(optimizer=opt, loss="mse")
+    opt.build(clone.trainable_variables)
+    assert [opt.multiplier_for(v) for v in clone.trainable_variables] == \
+        [KERNEL_M, BIAS_M, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["Dense", "EinsumDense"])
+def test_lora_factors_get_the_kernel_declaration(name):
+    cls = getattr(difflr.layers, name)
+    args = (dict(units=3) if name == "Dense" else
+            dict(equation="ab,bc->ac", output_shape=3, bias_axes="c"))
+    layer = cls(**args, kernel_lr_multiplier=0.1, bias_lr_multiplier=2.0,
+                kernel_decay_multiplier=0.5, name="body")
+    model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(1, name="head")])
+    layer.enable_lora(2)  # after build: the factors are new variables
+    opt = difflr.LRMultiplier(keras.optimizers.AdamW(1e-3, weight_decay=0.01))
+    model.compile(optimizer=opt, loss="mse")
+    opt.build(model.trainable_variables)
+    got = {v.name: (opt.multiplier_for(v), opt.decay_multiplier_for(v))
+           for v in layer.trainable_variables}
+    assert got == {"bias": (2.0, 1.0), "lora_kernel_a": (0.1, 0.5),
+                   "lora_kernel_b": (0.1, 0.5)}

@@ -1,11 +1,14 @@
 """Layers that declare their own learning-rate multipliers (Caffe's lr_mult).
 
 Each class here is a drop-in subclass of the Keras layer of the same name with
-four more arguments. When built, the layer writes its declaration onto its
-variables; an `LRMultiplier` reads it there with no rule map at all (an
-explicit rule given to the optimizer wins over a declaration).
+four more arguments. The declaration belongs to the layer: an `LRMultiplier`
+reads it from the layer whenever it resolves its rules, with no rule map at
+all (an explicit rule given to the optimizer wins over a declaration), for
+every weight of the layer that trains, however and whenever the layer was
+built, frozen, unfrozen, cloned or loaded.
 """
 
+import functools
 import inspect
 import warnings
 
@@ -22,7 +25,7 @@ _ALIASES = {"W_learning_rate_multiplier": "kernel_lr_multiplier",
 
 
 class DeclaresMultipliers:
-    """Mixin: stores the four multiplier arguments and tags the variables."""
+    """Mixin: stores the four multiplier arguments and marks the weights."""
 
     def __init__(self, *args, **kwargs):
         declared = {name: kwargs.pop(name, None) for name in _ARGS}
@@ -46,12 +49,9 @@ class DeclaresMultipliers:
 
     def build(self, input_shape):
         super().build(input_shape)
-        bias = getattr(self, "bias", None)
-        for variable in self.trainable_variables:
-            part = "bias" if variable is bias else "kernel"
-            _declarations.declare(variable,
-                                  lr=getattr(self, f"{part}_lr_multiplier"),
-                                  decay=getattr(self, f"{part}_decay_multiplier"))
+        # All weights, trainable or not: a layer built frozen (or loaded from
+        # a file saved frozen) and unfrozen later trains at its declaration.
+        _declarations.own(self, self.weights)
 
     def call(self, inputs, training=None):
         if training and not self._difflr_warned:
@@ -90,14 +90,33 @@ def _takes_training(cls):
     return False
 
 
+def _owning_lora_factors(keras_enable_lora):
+    """`enable_lora` that marks the new LoRA factors as the layer's. They
+    carry the kernel's update, so they get the kernel's declaration (the
+    kernel itself is frozen by `enable_lora`)."""
+
+    @functools.wraps(keras_enable_lora)
+    def enable_lora(self, *args, **kwargs):
+        result = keras_enable_lora(self, *args, **kwargs)
+        _declarations.own(self, self.weights)
+        return result
+
+    return enable_lora
+
+
 def declaring(base, kernel_words="kernel"):
     """The `difflr.layers` counterpart of the Keras layer class `base`."""
     name = base.__name__
-    cls = type(name, (DeclaresMultipliers, base), {
+    namespace = {
         "__module__": "difflr.layers",
         "__qualname__": name,
         "__doc__": _DOC.format(name=name, kernel=kernel_words),
-    })
+    }
+    if hasattr(base, "enable_lora"):
+        # Only where Keras has it, so that `hasattr(layer, "enable_lora")`
+        # stays what it is for the Keras layer.
+        namespace["enable_lora"] = _owning_lora_factors(base.enable_lora)
+    cls = type(name, (DeclaresMultipliers, base), namespace)
     return keras.saving.register_keras_serializable(package="difflr")(cls)
 
 
@@ -108,6 +127,13 @@ _DOC = """`keras.layers.{name}` with its own learning-rate multipliers.
     the values up with no rule map; an explicit rule given to the optimizer
     wins over them. With any other optimizer they have no effect, and the
     layer warns when it trains.
+
+    The declaration is the layer's: it applies whenever the layer's weights
+    train, also if the layer was built with `trainable=False` (or loaded
+    from a file saved frozen) and unfrozen later. The bias gets the bias
+    multipliers; every other weight, including the LoRA factors
+    `enable_lora` adds (they carry the kernel's update), gets the kernel
+    multipliers.
 
     Args:
         kernel_lr_multiplier: Optional non-negative float: the learning-rate
