@@ -226,7 +226,9 @@ def _training_now(structure):
 # A transformer block in a variable path, wherever the block sits: the path
 # up to it tells blocks of two holders (encoder/..., decoder/...) apart.
 _BLOCK_IN_PATH = re.compile(
-    r"(?:^|/)(?:transformer_layer|transformer_block)(?:_\d+)?(?=/)|(?:^|/)layers_\d+(?=/)")
+    # (a block's weights may also be named after it in a layer holding many:
+    # `transformer_layer_3_kernel`)
+    r"(?:^|/)(?:transformer_layer|transformer_block)(?:_\d+)?(?=[/_])|(?:^|/)layers_\d+(?=/)")
 
 
 def _warn_if_blocks_share_groups(model, result):
