@@ -13,6 +13,7 @@ import numpy as np
 
 from difflr import _checks
 from difflr import _keras_compat
+from difflr import _progress
 from difflr import _rules
 from difflr import _table
 from difflr import grouping
@@ -27,7 +28,14 @@ class Unfreezing(keras.callbacks.Callback):
     the end of each epoch from the monitored value, and kept in the
     callback's state (`opened_at`, the best value and epoch of the current
     phase, and with `restore_best_weights` a copy of the weights of that
-    epoch), which `get_state`/`set_state` carry across a `load_model`.
+    epoch).
+
+    The progress (each variable's rate once unfrozen, the value last set,
+    the epochs the groups opened, the plateau state but the weights) is also
+    written into the optimizer's variables (`difflr._progress`) at every
+    change, and read back when a fit begins: whatever restored the optimizer
+    restored it too. `get_state`/`set_state` carry the same in memory (and
+    the weights), and a state given by `set_state` wins over the optimizer's.
     """
 
     def __init__(self, groups, every, schedule, multipliers, ramp_epochs,
@@ -96,6 +104,8 @@ class Unfreezing(keras.callbacks.Callback):
         self.verbose = verbose
         self._plan = None  # set when training begins
         self._first_epoch = True
+        self._given_state = False  # set_state was called since the last fit
+        self._recorded = None  # the `_progress.Record` last written
         self._last_begun = None  # the last epoch begun (epoch-driven)
 
     def _init_plateau(self, monitor, patience, min_delta, mode,
@@ -179,6 +189,7 @@ class Unfreezing(keras.callbacks.Callback):
         if opened is None:  # saved before training began: nothing to resume
             self._opened = self._last_epoch = None
             self._best = self._best_epoch = self._best_weights = None
+            self._given_state = True
             return self
         if isinstance(opened, (str, bytes)) or not isinstance(opened, (list, tuple)):
             raise TypeError(f"{who}.set_state: `opened_at` must be a list of "
@@ -207,6 +218,7 @@ class Unfreezing(keras.callbacks.Callback):
         self._best_epoch = best_epoch
         self._best_weights = (None if weights is None
                               else [np.array(w, copy=True) for w in weights])
+        self._given_state = True
         if self._plan is not None:
             self._attach(self._plan)
         return self
@@ -249,37 +261,126 @@ class Unfreezing(keras.callbacks.Callback):
         if self._plan is None:
             self.on_train_begin()
         plan = self._plan
-        if self.monitor is not None:
-            self._plateau_epoch_begin(epoch, plan)
         opt = find_lr_multiplier(self.model.optimizer, self._who)
         if self._first_epoch:
             self._first_epoch = False
-            if plan.targets is None:
-                plan.capture_targets(opt, epoch)
+            record = _progress.of(opt).read(self.model)
+            plan.locate(opt)
+            if self.monitor is not None:
+                self._plateau_fit_begin(epoch, plan, record)
+            plan.take_targets(opt, epoch, record)
             plan.check_unfreezable(opt)
+        if self.monitor is not None:
+            self._plateau_epoch_begin(epoch, plan)
         values = plan.values_at(epoch)
         opt.set_multipliers(list(zip(plan.variables, values)))
         self._last_begun = epoch
+        self._record(opt, values)
         if self.verbose:
             for j in plan.unfrozen_at(epoch):
                 names = ", ".join(layer.name for layer in plan.groups[j])
                 print(f"\nEpoch {epoch + 1}: {self._who} unfreezes group {j} "
                       f"({names}).")
 
-    def _plateau_epoch_begin(self, epoch, plan):
-        if self._first_epoch:
-            if self._opened is None:  # a fresh run: the head's phase begins
-                self._opened = [None] * (len(plan.groups) - 1) + [epoch]
-                self._attach(plan)
-            elif self._last_epoch is not None and epoch != self._last_epoch + 1:
+    def _record(self, opt, values=None):
+        """Writes the progress into the optimizer's variables (`values`: the
+        multipliers just set; else those of the last record)."""
+        plan = self._plan
+        positions = plan.positions
+        if values is None:
+            last_set = self._recorded.last_set
+        else:
+            last_set = {i: np.float32(m) for i, m in zip(positions, values)}
+        opened = self.opened_at
+        mode = _progress.EPOCH_DRIVEN if self.monitor is None else _progress.PLATEAU
+        self._recorded = _progress.Record(
+            mode=mode,
+            rates=dict(zip(positions, plan.targets)),
+            last_set=last_set,
+            opened={i: opened[g] for i, g in zip(positions, plan.group_of)},
+            last_begun=self._last_begun,
+            last_epoch=self._last_epoch if self.monitor is not None else None,
+            best=self._best if self.monitor is not None else None,
+            best_epoch=self._best_epoch if self.monitor is not None else None)
+        _progress.of(opt).write(self.model, self._recorded)
+
+    def _plateau_fit_begin(self, epoch, plan, record):
+        """The plateau state a fit starts from: the one `set_state` gave,
+        else the optimizer's (a restored checkpoint's), else a fresh run's."""
+        if self._given_state:
+            self._given_state = False
+        elif record is not None and record.mode == _progress.PLATEAU \
+                and record.last_epoch is not None and (
+                    epoch != 0 or self._opened is not None):
+            self._adopt(record, plan)
+        else:  # a fresh run: the head's phase begins
+            self._opened = None
+            self._last_epoch = self._best = self._best_epoch = None
+            self._best_weights = None
+        if self._opened is None:
+            self._opened = [None] * (len(plan.groups) - 1) + [epoch]
+            self._attach(plan)
+        elif self._last_epoch is not None and epoch != self._last_epoch + 1:
+            raise ValueError(self._misplaced_resume(epoch))
+
+    def _misplaced_resume(self, epoch):
+        last = self._last_epoch
+        hint = ""
+        if epoch == last + 2:
+            hint = (" If a checkpoint callback (`BackupAndRestore`, "
+                    "`ModelCheckpoint`) saved it, it ran before "
+                    f"{self._who} at the end of epoch {last + 1} and saved that "
+                    f"epoch's weights without {self._who}'s decision: list "
+                    f"{self._who} before it in `callbacks`.")
+        return (
+            f"{self._who} (monitor={self.monitor!r}) continues from a state "
+            f"whose last epoch is {last}, so it must resume at epoch "
+            f"{last + 1}; this fit begins at epoch {epoch}. Pass "
+            f"`initial_epoch={last + 1}`, or use a new callback and fit from "
+            f"epoch 0 to start over.{hint}")
+
+    def _adopt(self, record, plan):
+        """Continues the plateau-driven run that `record` was written by."""
+        opened = []
+        for g in range(len(plan.groups)):
+            epochs = {record.opened.get(i, "missing") for i, vg
+                      in zip(plan.positions, plan.group_of) if vg == g}
+            if len(epochs) != 1 or "missing" in epochs:
                 raise ValueError(
-                    f"{self._who} (monitor={self.monitor!r}) continues from "
-                    f"a state whose last epoch is {self._last_epoch}, so it "
-                    f"must resume at epoch {self._last_epoch + 1}; this fit "
-                    f"begins at epoch {epoch}. Pass `initial_epoch="
-                    f"{self._last_epoch + 1}`, or use a new callback to start "
-                    "over."
-                )
+                    f"{self._who}: the optimizer holds the progress of a "
+                    "plateau-driven unfreezing recorded with other groups "
+                    f"than this callback's {len(plan.groups)} (group {g} "
+                    "does not match); resume with the groups it was recorded "
+                    "with, or compile a new optimizer to start over.")
+            opened.append(epochs.pop())
+        weights = self._weights_for(record)
+        self._opened, self._last_epoch = opened, record.last_epoch
+        self._best, self._best_epoch = record.best, record.best_epoch
+        self._best_weights = weights
+        self._attach(plan)
+
+    def _weights_for(self, record):
+        """The best weights of the phase `record` is in, for
+        `restore_best_weights`: the model's when its best epoch is the last
+        one, those this callback keeps when it recorded that epoch; the
+        optimizer cannot hold them."""
+        if not self.restore_best_weights or record.best_epoch is None:
+            return None
+        if record.best_epoch == record.last_epoch:
+            return [np.array(w, copy=True) for w in self.model.get_weights()]
+        if self._best_weights is not None and self._best_epoch == record.best_epoch:
+            return self._best_weights
+        raise ValueError(
+            f"{self._who} (restore_best_weights=True) resumes a phase whose "
+            f"best epoch ({record.best_epoch}) is not its last ({record.last_epoch}), "
+            "so the weights of that epoch are needed when the next group "
+            "opens; the checkpoint holds the progress, but not a copy of "
+            "those weights (they were in the interrupted callback's memory). "
+            "Keep `state = callback.get_state()` (it holds them) with the "
+            "checkpoint and resume with `callback.set_state(state)`, or "
+            "resume with `restore_best_weights=False`.")
+
+    def _plateau_epoch_begin(self, epoch, plan):
         phase_start = max(u for u in self._opened if u is not None)
         if self._best_epoch is not None and self._best_epoch < phase_start:
             # A group opens now: the phase that ended gives way to a new one.
@@ -315,9 +416,15 @@ class Unfreezing(keras.callbacks.Callback):
                 f"{self._who}: the logged `{self.monitor}` must be a number; "
                 f"received {logs[self.monitor]!r}."
             ) from None
-        opened = self._opened
         logs["unfrozen_groups"] = sum(
-            1 for u in opened[:-1] if u is not None and u <= epoch)
+            1 for u in self._opened[:-1] if u is not None and u <= epoch)
+        self._decide(epoch, current)
+        # Before a checkpoint callback listed after this one saves the epoch.
+        self._record(find_lr_multiplier(self.model.optimizer, self._who))
+
+    def _decide(self, epoch, current):
+        """Follows the phase's best value; opens a group on a plateau."""
+        opened = self._opened
         self._last_epoch = epoch
         frozen = [j for j, u in enumerate(opened[:-1]) if u is None]
         if not frozen:
@@ -451,7 +558,8 @@ class _Plan:
             for k, v in enumerate(self.variables)
         ]
         self.ramp_epochs = callback.ramp_epochs
-        self.targets = None
+        self.targets = self.given_targets = None
+        self.positions = None  # among the optimizer's variables, per variable
         if callback._rules is not None:
             try:
                 values = callback._rules.resolve(
@@ -459,7 +567,7 @@ class _Plan:
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{who}(multipliers=...): {e}") from None
             by_id = {id(v): m for v, m in zip(model.trainable_variables, values)}
-            self.targets = [by_id[id(v)] for v in self.variables]
+            self.given_targets = [by_id[id(v)] for v in self.variables]
 
     def fraction(self, g, epoch):
         """How much of its rate group `g` trains at in `epoch` (0 to 1)."""
@@ -478,27 +586,45 @@ class _Plan:
         return [g for g, start in enumerate(self.unfreeze_epoch[:-1])
                 if start == epoch]
 
-    def capture_targets(self, opt, epoch):
-        """The rates once unfrozen, from the optimizer (`multipliers=None`)."""
-        if epoch > 0:
-            # The optimizer may be a loaded one, holding 0 (or a ramped
-            # fraction) for the groups not fully unfrozen before `epoch`.
-            unknown = [g for g in range(len(self.groups) - 1)
-                       if self.fraction(g, epoch - 1) < 1.0]
-            if unknown:
-                raise ValueError(
-                    f"{self.who} starts at epoch {epoch} (initial_epoch="
-                    f"{epoch}) with `multipliers=None`, so it would read the "
-                    "rates of the groups from the optimizer; but groups "
-                    f"{unknown} were still frozen or ramping in epoch "
-                    f"{epoch - 1}, so if this model was saved and loaded, the "
-                    "optimizer holds 0 (or part of the rate) for them, not "
-                    "their rates. Pass the rates explicitly, e.g. "
-                    "`multipliers=difflr.discriminative(groups, ...)` or the "
-                    "rule map you compiled with: with the same arguments, a "
-                    "resumed run continues exactly."
-                )
-        self.targets = [opt.multiplier_for(v) for v in self.variables]
+    def locate(self, opt):
+        """Finds the variables' positions in the built optimizer `opt`."""
+        self.positions = [_keras_compat.position_of(opt, v) for v in self.variables]
+
+    def take_targets(self, opt, epoch, record):
+        """The rates once unfrozen, when a fit begins: those of `multipliers`
+        if given; else, for each variable, the rate `record` (the
+        optimizer's progress) holds where its multiplier is still the value
+        the recorded run left (a frozen group's 0, a ramp's fraction), and
+        its multiplier otherwise (the compiled one, or one set since)."""
+        if self.given_targets is not None:
+            self.targets = list(self.given_targets)
+            return
+        targets, unknown = [], set()
+        for v, i, g in zip(self.variables, self.positions, self.group_of):
+            now = opt.multiplier_for(v)
+            if record is not None and i in record.rates and (
+                    np.float32(now) == record.last_set[i]):
+                targets.append(record.rates[i])
+                continue
+            targets.append(now)
+            if 0 < epoch and g < len(self.groups) - 1 and self.fraction(g, epoch - 1) < 1:
+                unknown.add(g)
+        if unknown:
+            raise ValueError(
+                f"{self.who} starts at epoch {epoch} (initial_epoch="
+                f"{epoch}) with `multipliers=None`, so it reads the rates of "
+                "the groups from the optimizer; but groups "
+                f"{sorted(unknown)} were still frozen or ramping in epoch "
+                f"{epoch - 1}, and the optimizer holds no progress of a "
+                "gradual unfreezing for them (it was saved by an earlier "
+                "version of difflr, or their multipliers were changed since), "
+                "so what it holds is 0 (or part of the rate), not their rates. "
+                "Pass the rates explicitly, e.g. "
+                "`multipliers=difflr.discriminative(groups, ...)` or the "
+                "rule map you compiled with: with the same arguments, a "
+                "resumed run continues exactly."
+            )
+        self.targets = targets
 
     def check_unfreezable(self, opt):
         """Fails now, not epochs later, if a group has no optimizer state."""

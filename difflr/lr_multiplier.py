@@ -19,6 +19,7 @@ import keras
 from difflr import _declarations
 from difflr import _keras_compat
 from difflr import _pause
+from difflr import _progress
 from difflr import _rules
 from difflr import _saving
 from difflr import _state
@@ -317,7 +318,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
     @property
     def variables(self):
         own = [self._lr_multipliers, self._decay_multipliers] if self.built else []
-        return own + self.inner_optimizer.variables
+        # The progress last: files saved without it load as a prefix.
+        return own + self.inner_optimizer.variables + _progress.variables(self)
 
     @_not_autographed
     @_not_traced_by_dynamo
@@ -355,6 +357,9 @@ class LRMultiplier(keras.optimizers.Optimizer):
             # values go in through the initializer.
             self._lr_multipliers = self._vector("lr_multipliers", layout, lr)
             self._decay_multipliers = self._vector("decay_multipliers", layout, decay)
+            # Gradual unfreezing's progress, saved and restored with the
+            # optimizer (see `difflr/_progress.py`); the step never reads it.
+            _progress.create(self, var_list)
         self._layout = layout
         self._multipliers = _state.Multipliers(
             layout, lr, decay, self._lr_multipliers, self._decay_multipliers,

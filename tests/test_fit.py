@@ -205,6 +205,7 @@ def test_optimizer_variable_paths_name_the_wrapper_once(how):
                   model.trainable_variables)
     paths = sorted(v.path for v in opt.variables)
     assert paths == sorted(["ft/lr_multipliers", "ft/decay_multipliers",
+                            "ft/unfreezing_per_variable", "ft/unfreezing_progress",
                             "inner/iteration", "inner/learning_rate"]
                            + [f"ft/inner/{p}" for p in (
                                "linear_kernel_momentum",

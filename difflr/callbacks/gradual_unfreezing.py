@@ -92,25 +92,44 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     their `difflr.layers` declaration) and replaces, for every variable, the
     multiplier it was compiled with.
 
-    **Resuming after `keras.models.load_model`.** The saved optimizer holds 0
-    for the groups that were still frozen, so their rates cannot be read back
-    from it: pass `multipliers` explicitly when you may resume (a fresh
-    callback with the same arguments and `fit(initial_epoch=k)` then
-    continues exactly). With `multipliers=None`, resuming at an epoch where
-    a group is still frozen or ramping raises an error that says so. The
-    optimizer state of the frozen groups is saved and loaded with the model.
-    With `monitor`, the epochs the groups opened at depend on the history of
-    the metric, which the model does not save: keep `state =
+    **Resuming.** The callback's progress (each variable's rate once
+    unfrozen, the multiplier it last set, the epoch each group opened, and
+    with `monitor` the phase's best value and epoch and the last epoch) is
+    written into two variables of the `LRMultiplier` at the start and end
+    of every epoch (never read by the training step), so whatever saves and
+    restores the optimizer carries it: `keras.callbacks.BackupAndRestore`,
+    `model.save` and `keras.models.load_model`, `save_weights` and
+    `load_weights`, `keras.callbacks.OrbaxCheckpoint`. A fresh model,
+    optimizer and callback made with the same arguments then continue
+    exactly as the uninterrupted run (`BackupAndRestore` resumes by itself;
+    after a load, `fit(initial_epoch=k)`), `multipliers=None` included. List
+    this callback before `BackupAndRestore` or `ModelCheckpoint`, so that
+    an epoch's checkpoint holds its plateau decision (resuming from one that
+    does not raises an error that says so). A plateau-driven run resumes
+    at the epoch after the checkpoint's last one, or, with a new callback,
+    starts over from epoch 0; any other `initial_epoch` raises. The same
+    callback object, given to a second `fit` of the same model, likewise
+    continues from the optimizer's progress.
+
+    With `multipliers=None`, the rates are read from that progress for
+    every variable whose multiplier is still the value the recorded run
+    left it at (a frozen group's 0, a ramp's fraction), so a second
+    callback after a run that stopped early trains the groups at their
+    rates; a multiplier changed since is taken as the rate. An optimizer
+    with no progress (saved by an earlier difflr) that holds 0 or part of
+    the rate for a group not yet fully open raises instead: pass
+    `multipliers` then.
+
+    With `restore_best_weights=True`, the copy of the best epoch's weights
+    is too large for the optimizer and stays in host memory: a resume where
+    the phase's best epoch is its last takes the checkpoint's weights (they
+    are those), and any other raises. To resume it anyway, keep `state =
     callback.get_state()` from the end of the last epoch (a dict of
-    `opened_at`, the last epoch, and the current phase's best value and
-    epoch, plus, with `restore_best_weights`, a copy of that epoch's weights
-    as NumPy arrays: save it with pickle next to the model), and resume with
-    a fresh callback with the same arguments, `callback.set_state(state)`
-    and `fit(initial_epoch=state["last_epoch"] + 1)`: the run then continues
-    exactly as the uninterrupted one (a different `initial_epoch` raises).
-    The same callback object, given to a second `fit` of the same model,
-    keeps its state and likewise continues at `initial_epoch=` the next
-    epoch.
+    `opened_at`, the last epoch, the current phase's best value and epoch,
+    and the copy of the weights as NumPy arrays: save it with pickle next to
+    the model), and give it to the fresh callback with
+    `callback.set_state(state)` before `fit(initial_epoch=state["last_epoch"]
+    + 1)`: a state given so wins over the optimizer's.
     `get_state` and `set_state` exist only with `monitor`.
 
     **Normalization layers** (BatchNormalization, LayerNormalization,
@@ -187,8 +206,11 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
             groups are fewer than two, do not belong to the model or do not
             cover it, if the schedule has more epochs than groups to
             unfreeze, if a group that must be unfrozen was frozen when the
-            optimizer was built (no optimizer state), or if a run with
-            `multipliers=None` resumes while a group is frozen.
+            optimizer was built (no optimizer state), if a run with
+            `multipliers=None` resumes while a group is frozen on an
+            optimizer with no recorded progress, if the optimizer's progress
+            was recorded with other groups, or if a plateau-driven resume
+            with `restore_best_weights=True` needs weights it does not hold.
 
     Example:
 
