@@ -366,9 +366,38 @@ def _path_claims(rule, variables):
     claims = [(i, candidate) for i, v in enumerate(variables.list)
               if pattern.fullmatch(v.path)]
     if not claims:
-        raise _no_match(rule, variables.list, "no variable path equals it or "
-                        "full-matches it as a regular expression")
+        return _renamed_path_claims(rule, variables)
     return claims
+
+
+def _renamed_path_claims(rule, variables):
+    """A path of the model before `load_model` or `clone_model`: Keras
+    (3.15) drops the outer scopes of a Sequential's or a nested model's
+    paths (`sequential/dense/bias` -> `dense/bias`), or adds them back. The
+    one variable whose path ends as the key does (in two parts at least,
+    layer and variable) stands for it, at the exact path's rank."""
+    key = rule.key.split("/")
+    found = [i for i, v in enumerate(variables.list)
+             if _renamed(v.path.split("/"), key)]
+    if len(found) == 1:
+        return [(found[0], _Candidate(PATH, rule, rule.value))]
+    if found:
+        paths = ", ".join(repr(variables.list[i].path) for i in found[:6])
+        raise ValueError(
+            f"The {rule.what} rule '{rule.key}' is no path of the model being "
+            "trained; it looks like the path of a model before "
+            "`keras.models.load_model` or `clone_model` (Keras drops or adds "
+            f"the outer scopes of paths), but {len(found)} variables end like "
+            f"it ({paths}), so which one it stands for is ambiguous. Use the "
+            "layer or variable object of the model you train as the key, or "
+            "make the rule map again from that model."
+        )
+    raise _no_match(rule, variables.list, "no variable path equals it or "
+                    "full-matches it as a regular expression")
+
+
+def _renamed(a, b):
+    return len(a) != len(b) and min(len(a), len(b)) >= 2 and _ends_alike(a, b)
 
 
 def _class_claims(rule, variables):
@@ -393,10 +422,17 @@ def _class_claims(rule, variables):
 
 
 def _callable_claims(rule, variables):
+    function = rule.key
+    # A callable made from a model (`difflr.lora_plus`) may hold layers of
+    # another one (before load_model or clone_model): given the model being
+    # trained, it returns the callable for that model.
+    for_model = getattr(function, "difflr_for_model", None)
+    if for_model is not None:
+        function = for_model(variables.model, variables.list)
     claims = []
     for i, v in enumerate(variables.list):
         try:
-            value = rule.key(v)
+            value = function(v)
         except Exception as e:
             raise ValueError(
                 f"The {rule.what} {rule.describe()} raised {type(e).__name__} "

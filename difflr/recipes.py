@@ -15,6 +15,7 @@ import keras
 
 from difflr import _checks
 from difflr import _keras_compat
+from difflr import _rules
 from difflr import grouping
 
 
@@ -282,7 +283,11 @@ def no_decay(model):
     The keys are the normalization and embedding layers, and the exact paths
     of the other variables (a regular expression matching them all when
     sub-models repeat a path). Rules you merge in follow the usual
-    precedence: a layer rule of yours beats a path key here.
+    precedence: a layer rule of yours beats a path key here. Made from the
+    model before `keras.models.load_model` or `clone_model`, the map works
+    on the rebuilt one: its layers stand for their counterparts, and its
+    paths for the variables Keras renamed (`sequential/dense/bias` loads as
+    `dense/bias`).
 
     Args:
         model: A built Keras model.
@@ -355,6 +360,7 @@ def no_decay(model):
 _LORA_A = ("lora_kernel_a", "lora_embeddings_a")
 _LORA_B = ("lora_kernel_b", "lora_embeddings_b")
 _LORA_EMBEDDINGS = ("lora_embeddings_a", "lora_embeddings_b")
+_LORA_PLUS = "difflr.lora_plus"
 
 
 def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
@@ -417,6 +423,13 @@ def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
     rules still follow the blocks, through the weights that train inside
     them, so `base` may be made before or after it.
 
+    The map may be made from the model before `keras.models.load_model` or
+    `clone_model` and used on the rebuilt one: its model and `base` layers
+    stand for their counterparts there (the one layer with the same name,
+    class and variable shapes); where there is none or several (LoRA enabled
+    on one model only: KerasHub saves no LoRA in a `.keras` file), building
+    the optimizer raises, saying so.
+
     Args:
         model: The Keras model (or layer) whose LoRA variables to scale.
         ratio: The ratio of the `B` matrices' rate to the `A` matrices',
@@ -439,7 +452,9 @@ def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
             a number, or `base` holds a key that is not a layer.
         ValueError: if a number is out of range, or (when the optimizer is
             built, or previewed with `difflr.summary`) if the model has no
-            LoRA variables among its trainable variables.
+            LoRA variables among its trainable variables, or if the map was
+            made from another model and its model or a `base` layer has no
+            one counterpart in the model trained.
 
     Example:
 
@@ -463,7 +478,7 @@ def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
     >>> [opt.multiplier_for(v) for v in (body.lora_kernel_a, body.lora_kernel_b, body.bias)]
     [0.5, 8.0, 0.5]
     """
-    who = "difflr.lora_plus"
+    who = _LORA_PLUS
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(
             f"{who}: `model` must be a Keras model or layer; received "
@@ -524,6 +539,22 @@ class _LoRAPlusRule:
         self._has_lora = False
         self._base_cache = {}  # id(variable) -> (variable, base multiplier|None)
 
+    def difflr_for_model(self, model, variables):
+        """This rule for `model` (None if unknown), whose trainable
+        `variables` are being resolved: the model and `base` layers it was
+        made with may be another model's (the one before `load_model` or
+        `clone_model`); their one counterparts in `model` stand for them."""
+        own = _Ownership(model, variables)
+        mapped = own.layer(self.model, f"{_LORA_PLUS}: the model "
+                           f"'{self.model.name}' it was made with")
+        base = [(own.layer(layer, f"{_LORA_PLUS}: the `base` layer "
+                           f"'{layer.name}' ({type(layer).__name__})"), m)
+                for layer, m in self.base_layers]
+        if mapped is self.model and all(
+                old is new for (old, _), (new, _) in zip(self.base_layers, base)):
+            return self  # keeps its cache
+        return _LoRAPlusRule(mapped, self.ratio, self.lr, self.embedding_lr, base)
+
     def __call__(self, variable):
         name = variable.name
         if name in _LORA_A or name in _LORA_B:
@@ -543,7 +574,7 @@ class _LoRAPlusRule:
             self._has_lora = True
             return
         raise ValueError(
-            f"difflr.lora_plus: the model '{self.model.name}' has no LoRA "
+            f"{_LORA_PLUS}: the model '{self.model.name}' has no LoRA "
             "variables (lora_kernel_a/b, lora_embeddings_a/b) among its "
             "trainable variables, so LoRA+ has nothing to scale. Enable LoRA "
             "before the optimizer is built (by compile/fit): "
@@ -582,9 +613,41 @@ class _LoRAPlusRule:
             if len(values) > 1:
                 a, b = innermost[0], next(c for c in innermost if c[2] != innermost[0][2])
                 raise ValueError(
-                    f"difflr.lora_plus: the `base` layers '{a[3].name}' and "
+                    f"{_LORA_PLUS}: the `base` layers '{a[3].name}' and "
                     f"'{b[3].name}' both hold variable '{a[0].path}' and "
                     f"disagree on it ({a[2]} and {b[2]})."
                 )
             cache[key] = (found[0][0], innermost[0][2])
         self._base_cache = cache
+
+
+class _Ownership:
+    """Which model's layers a rule made from a model may use: `model`'s
+    own, or for a layer of another model (before `load_model` or
+    `clone_model`) its one counterpart in `model`, as `difflr.LRMultiplier`
+    does for layer keys."""
+
+    def __init__(self, model, variables):
+        self.model = model
+        self.variables = {id(v) for v in variables}
+        self.weights = None if model is None else {id(v) for v in model.weights}
+
+    def foreign(self, layer):
+        """Whether `layer` belongs to another model (with the model unknown:
+        some of its weights train, yet none is being resolved)."""
+        if self.weights is None:
+            return (any(v.trainable for v in layer.weights)
+                    and not any(id(v) in self.variables for v in layer.weights))
+        return bool(layer.weights) and not any(id(v) in self.weights
+                                               for v in layer.weights)
+
+    def layer(self, layer, culprit):
+        """`layer`, or its one counterpart in the model; raises if it has
+        none or several."""
+        if not self.foreign(layer):
+            return layer
+        found = _rules.layer_counterparts(layer, self.model)
+        if len(found) == 1:
+            return found[0]
+        raise ValueError(_rules.foreign_key_message(
+            culprit, layer, self.model, len(found)))
