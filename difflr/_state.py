@@ -123,13 +123,27 @@ class Multipliers:
         for j, i in enumerate(self.layout.tracked):
             # Keep the exact Python value where the float32 copy agrees.
             if np.float32(self.lr[i]) != lr[j]:
-                self.lr[i], changed = float(lr[j]), True
+                self.lr[i], changed = _as_set(lr[j]), True
             if np.float32(self.decay[i]) != decay[j]:
-                self.decay[i], changed = float(decay[j]), True
+                self.decay[i], changed = _as_set(decay[j]), True
         if changed:
             self.version += 1
             self._on_restored(before)
         return changed
+
+    def device_key(self):
+        """The values in force as the device holds them (float32), hashable:
+        equal for two states that train alike."""
+        return (self.layout.tracked_vector(self.lr).tobytes(),
+                self.layout.tracked_vector(self.decay).tobytes())
+
+    def take(self, lr, decay):
+        """Puts the exact values `lr` and `decay` in the cache, where they
+        round to what the device holds (a state it was in before)."""
+        assert (self.layout.tracked_vector(lr).tobytes(),
+                self.layout.tracked_vector(decay).tobytes()) == self.device_key()
+        self.lr, self.decay = list(lr), list(decay)
+        self.version += 1
 
     def _stamp_now(self):
         stamps = (_keras_compat.write_stamp(self.lr_vector),
@@ -145,3 +159,11 @@ class Multipliers:
                           self.layout.tracked_vector(self.lr).tolist(),
                           self.layout.tracked_vector(self.decay).tolist())
         return self._host[1], self._host[2]
+
+
+def _as_set(value):
+    """The Python float a float32 `value` was most likely set from: the
+    shortest decimal that rounds to it (0.1, not 0.10000000149011612), as
+    `set_multipliers` and a loaded file report it. It rounds back to
+    `value` exactly, so the device is unchanged."""
+    return float(str(np.float32(value)))

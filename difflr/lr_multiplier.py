@@ -195,6 +195,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
         # given before, whose effect it holds (kept for `get_config`).
         self._saved = None
         self._superseded = _rules.RuleMaps()
+        self._history = []  # `_Snapshot`s of the states put in force
         self._model_ref = None
         # Set by `build`: `_state.Layout`, `_state.Multipliers`,
         # `_pause.Pause`, and the backend's `_update.Update`.
@@ -204,7 +205,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
     # Plain Python state, rewritten by every `set_multipliers`: Keras's
     # attribute tracking, and TensorFlow's under it, would wrap and walk it on
     # each assignment, so it is set around it.
-    _UNTRACKED = frozenset({"_rules", "_saved", "_superseded", "_model_ref", "_layout",
+    _UNTRACKED = frozenset({"_rules", "_saved", "_superseded", "_history",
+                            "_model_ref", "_layout",
                             "_multipliers", "_pause", "_update"})
 
     def __setattr__(self, name, value):
@@ -366,6 +368,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
             on_restored=self._adopt_restored, sync=self._sync_training_state)
         self._pause = _pause.Pause(inner, layout)
         self._update = Update(inner, layout, self._multipliers, self._pause)
+        self._remember()
         _declarations.claim(self, var_list)
         _keras_compat.install_update_hooks(
             inner, self._update.update_step, self._update.parallel_update_step)
@@ -566,6 +569,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
             self._multipliers.write(resolution.multipliers, resolution.decay_multipliers)
             self._pause.clear_velocities(self._multipliers.lr, before)
         self._rules = rules
+        if self.built:
+            self._remember()
 
     def _sync_training_state(self):
         """On JAX, makes the variables hold the training state of every
@@ -584,15 +589,30 @@ class LRMultiplier(keras.optimizers.Optimizer):
     def _adopt_restored(self, before):
         """The variables were given values other than through
         `set_multipliers` (a checkpoint, `set_state_tree`, an `assign`):
-        they are in force now. The rules given so far are superseded by
-        them, as by a loaded file's resolution (rules given later apply on
-        top), and a velocity whose pause begins with them is cleared."""
+        they are in force now. A state this optimizer was in before (a
+        checkpoint of this run) comes back whole, with the rules that gave
+        it, so that rules given later rank as they would have then.
+        Otherwise the rules given so far are superseded by the values, as
+        by a loaded file's resolution (rules given later apply on top). A
+        velocity whose pause begins with them is cleared (seen here, on a
+        read or a torch step: the compiled step does not look)."""
         multipliers, layout = self._multipliers, self._layout
-        self._saved = _saving.SavedResolution.of(
-            layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
-        self._superseded = self._superseded.merged_maps(self._rules)
-        self._rules = _rules.RuleMaps()
+        known = _Snapshot.find(self._history, multipliers)
+        if known is not None:
+            self._rules, self._saved, self._superseded = known.rules
+            multipliers.take(known.lr, known.decay)
+        else:
+            self._saved = _saving.SavedResolution.of(
+                layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
+            self._superseded = self._superseded.merged_maps(self._rules)
+            self._rules = _rules.RuleMaps()
+            self._remember()
         self._pause.clear_velocities(multipliers.lr, before)
+
+    def _remember(self):
+        """Records the state just put in force (see `_adopt_restored`)."""
+        _Snapshot.add(self._history, _Snapshot(
+            (self._rules, self._saved, self._superseded), self._multipliers))
 
     # Saving (see `difflr/_saving.py`).
 
@@ -699,6 +719,29 @@ class LRMultiplier(keras.optimizers.Optimizer):
             loaded._saved = resolution
             loaded._superseded, loaded._rules = loaded._rules, _rules.RuleMaps()
         return loaded
+
+
+class _Snapshot:
+    """A state an `LRMultiplier` was in: its rules (with the saved table and
+    the rules it superseded) and the exact values they gave, keyed by the
+    float32 values the device held."""
+
+    LIMIT = 64  # the most recent distinct states (an epoch's change each)
+
+    def __init__(self, rules, multipliers):
+        self.rules = rules
+        self.lr, self.decay = list(multipliers.lr), list(multipliers.decay)
+        self.key = multipliers.device_key()
+
+    @classmethod
+    def add(cls, history, snapshot):
+        history[:] = [s for s in history if s.key != snapshot.key][-(cls.LIMIT - 1):]
+        history.append(snapshot)
+
+    @staticmethod
+    def find(history, multipliers):
+        key = multipliers.device_key()
+        return next((s for s in reversed(history) if s.key == key), None)
 
 
 def _wrapped_optimizer(optimizer):
