@@ -252,7 +252,7 @@ def test_a_captured_optimizer_serving_two_models_changes_the_one_training():
     plain optimizer's rate set through `self.model` does."""
     x, y = np.concatenate([_data()[0]] * 4), np.concatenate([_data()[1]] * 4)
 
-    def run(make_optimizer, change):
+    def run(opt, callback):
         keras.utils.set_random_seed(5)
         inputs = keras.Input((4,))
         body = keras.layers.Dense(3, name="body")
@@ -260,37 +260,20 @@ def test_a_captured_optimizer_serving_two_models_changes_the_one_training():
         model_a = keras.Model(inputs, head(body(inputs)))
         other = keras.Input((4,))
         model_b = keras.Model(other, head(body(other)))
-        opt = make_optimizer()
         model_a.compile(opt, "mse")
         model_a.fit(x[:8], y[:8], batch_size=8, verbose=0)
         model_b.compile(opt, "mse")
-        model_b.fit(x, y, batch_size=8, shuffle=False, verbose=0,
-                    callbacks=[_SetOnBatch(opt, 1, change)])
-        return opt, model_b
+        model_b.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[callback])
+        return model_b
 
     class _Plain(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == 1:
                 self.model.optimizer.learning_rate = RATE / 2
 
-    def plain_run():
-        keras.utils.set_random_seed(5)
-        inputs = keras.Input((4,))
-        body = keras.layers.Dense(3, name="body")
-        head = keras.layers.Dense(2, name="head")
-        model_a = keras.Model(inputs, head(body(inputs)))
-        other = keras.Input((4,))
-        model_b = keras.Model(other, head(body(other)))
-        opt = keras.optimizers.SGD(RATE)
-        model_a.compile(opt, "mse")
-        model_a.fit(x[:8], y[:8], batch_size=8, verbose=0)
-        model_b.compile(opt, "mse")
-        model_b.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[_Plain()])
-        return model_b
-
-    opt, model = run(lambda: difflr.LRMultiplier(keras.optimizers.SGD(RATE)),
-                     lambda o: o.set_multipliers({".*": 0.5}))
-    reference = plain_run()
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(RATE))
+    model = run(opt, _SetOnBatch(opt, 1, lambda o: o.set_multipliers({".*": 0.5})))
+    reference = run(keras.optimizers.SGD(RATE), _Plain())
     assert [opt.multiplier_for(v) for v in model.trainable_variables] == [0.5] * 4
     np.testing.assert_array_equal(
         to_numpy(opt.variables[0]), np.float32([0.5] * 4))
