@@ -92,8 +92,8 @@ class Multipliers:
         self._stamp = self._stamp_now()
 
     def write(self, lr, decay):
-        """Puts new values in force, from the next step on (`refresh` first:
-        a restore not yet seen would be lost)."""
+        """Puts new values in force, from the next step on. (Callers
+        `refresh` first: a restore not yet seen would be lost.)"""
         self.lr, self.decay = list(lr), list(decay)
         self.lr_vector.assign(self.layout.tracked_vector(lr))
         self.decay_vector.assign(self.layout.tracked_vector(decay))
@@ -112,6 +112,11 @@ class Multipliers:
         """
         if _keras_compat.is_purged(self.lr_vector):
             self._sync()  # inside a JAX fit: the values are in its state
+            if _keras_compat.is_purged(self.lr_vector):
+                # A fit this thread cannot reach (an async callback): its
+                # variables would read as their initial values. Only `write`
+                # changes them during a fit, so the cache is what they hold.
+                return False
         stamp = self._stamp_now()
         if _keras_compat.same_stamps(stamp, self._stamp):
             return False

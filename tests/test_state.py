@@ -401,3 +401,40 @@ def test_a_state_unknown_to_the_optimizer_supersedes_its_rules():
     vector.assign(np.float32([0.25, 0.25, 3.0, 3.0]))
     opt.set_multipliers({".*bias": 2.0})
     assert [opt.multiplier_for(v) for v in model.trainable_variables] == [0.25, 2.0, 3.0, 2.0]
+
+
+class _AsyncReader(keras.callbacks.Callback):
+    """Reads a captured optimizer's multiplier after each batch, on Keras's
+    callback thread (`async_safe`)."""
+
+    async_safe = True
+
+    def __init__(self, optimizer, variable):
+        super().__init__()
+        self.optimizer, self.variable, self.read = optimizer, variable, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.read.append(self.optimizer.multiplier_for(self.variable))
+
+
+def test_an_async_callback_reads_the_multipliers_in_force():
+    """On a thread that cannot reach the running JAX `fit` (whose state
+    holds the optimizer's variables), a read gives the value in force, not
+    the variable's initial value (it raised on JAX); on every backend what
+    `set_multipliers` set before the fit."""
+    x, y = np.concatenate([_data()[0]] * 4), np.concatenate([_data()[1]] * 4)
+    inputs = keras.Input((4,))
+    body = keras.layers.Dense(3, name="body")
+    head = keras.layers.Dense(2, name="head")
+    model_a = keras.Model(inputs, head(body(inputs)))
+    other = keras.Input((4,))
+    model_b = keras.Model(other, head(body(other)))
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(RATE), {body: 0.2})
+    model_a.compile(opt, "mse")
+    model_a.fit(x[:8], y[:8], batch_size=8, verbose=0)
+    opt.set_multipliers({body: 0.3})
+    model_b.compile(opt, "mse")
+    reader = _AsyncReader(opt, body.kernel)
+    model_b.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[reader])
+    assert reader.read == [0.3] * 4
+    assert opt.multiplier_for(body.kernel) == 0.3
