@@ -206,7 +206,7 @@ class _Variables:
         self.model = model
         self.position = {id(v): i for i, v in enumerate(variables)}
         self._by_path = None
-        self._weight_ids = None
+        self.owner = Ownership(model, variables)
 
     def with_path(self, path):
         if self._by_path is None:
@@ -219,24 +219,13 @@ class _Variables:
         return [self.position[id(v)] for v in layer_variables
                 if id(v) in self.position]
 
-    def foreign(self, weights):
-        """Whether `weights` belong to another model: none of them is the
-        model's (with no model known: some train, yet none is among the
-        variables)."""
-        if self.model is None:
-            return (any(v.trainable for v in weights)
-                    and not self.positions(weights))
-        if self._weight_ids is None:
-            self._weight_ids = {id(v) for v in self.model.weights}
-        return not any(id(v) in self._weight_ids for v in weights)
-
 
 # One function per kind of rule: each returns the rule's candidates as
 # (position, _Candidate) pairs, or raises if the rule matches nothing.
 
 def _variable_claims(rule, variables):
     key = rule.key
-    if id(key) not in variables.position and variables.foreign([key]):
+    if id(key) not in variables.position and variables.owner.foreign([key]):
         key = _stand_in(rule, variables, variable_counterparts(key, variables.model))
     if id(key) not in variables.position:
         raise _no_match(rule, variables.list, "it is not a trainable variable "
@@ -247,7 +236,7 @@ def _variable_claims(rule, variables):
 
 def _layer_claims(rule, variables):
     layer = rule.key
-    if layer.weights and variables.foreign(layer.weights):
+    if layer.weights and variables.owner.foreign(layer.weights):
         layer = _stand_in(rule, variables, layer_counterparts(layer, variables.model))
     layer_ids = frozenset(id(l) for l in _keras_compat.nested_layers(layer))
     candidate = _Candidate(LAYER, rule, rule.value, layer_ids)
@@ -267,6 +256,40 @@ def _layer_claims(rule, variables):
 # it, "the same arguments" to resume with). Its counterpart in the model
 # being trained stands in for it when there is exactly one: same name (names
 # survive load_model and clone_model), class and variable shapes.
+
+class Ownership:
+    """Which model's layers and variables a rule may use: `model`'s own, or
+    for a layer of another model its one counterpart in `model`.
+
+    Args:
+        model: the model being trained, or None if unknown.
+        variables: its trainable variables being resolved.
+    """
+
+    def __init__(self, model, variables):
+        self.model = model
+        self.variables = {id(v) for v in variables}
+        self.weights = None if model is None else {id(v) for v in model.weights}
+
+    def foreign(self, weights):
+        """Whether `weights` belong to another model: none of them is the
+        model's (with the model unknown: some train, yet none is among the
+        variables)."""
+        if self.weights is None:
+            return (any(v.trainable for v in weights)
+                    and not any(id(v) in self.variables for v in weights))
+        return bool(weights) and not any(id(v) in self.weights for v in weights)
+
+    def layer(self, layer, culprit):
+        """`layer`, or its one counterpart in the model; raises naming
+        `culprit` if it has none or several."""
+        if not self.foreign(layer.weights):
+            return layer
+        found = layer_counterparts(layer, self.model)
+        if len(found) == 1:
+            return found[0]
+        raise ValueError(foreign_key_message(culprit, layer, self.model, len(found)))
+
 
 def layer_counterparts(layer, model):
     """The layers of `model` that could stand for `layer`, of another model."""
@@ -573,10 +596,7 @@ class RuleMaps:
 
     def merged(self, multipliers=None, decay_multipliers=None):
         """These maps with the given rules replacing those with their keys."""
-        new = RuleMaps(multipliers, decay_multipliers)
-        new.lr = merge(self.lr, new.lr)
-        new.decay = merge(self.decay, new.decay)
-        return new
+        return self.merged_maps(RuleMaps(multipliers, decay_multipliers))
 
     def merged_maps(self, other):
         """These maps with the rules of `other` (`RuleMaps`) replacing those

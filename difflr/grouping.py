@@ -299,7 +299,8 @@ def check_groups(groups, who, model=None, complete=True):
     if not groups:
         raise ValueError(f"{who}: the list of groups is empty; give at least one.")
     in_model = None if model is None else {id(v) for v in model.trainable_variables}
-    model_weights = None if model is None else {id(v) for v in model.weights}
+    ownership = None if model is None else _rules.Ownership(
+        model, model.trainable_variables)
     owner = {}  # id(variable) -> (group index, layer)
     result = []
     for g, group in enumerate(groups):
@@ -310,7 +311,7 @@ def check_groups(groups, who, model=None, complete=True):
                 f"{who}: group {g} must be a non-empty list of Keras layers (or "
                 f"a single layer); received {group!r}."
             )
-        members = [_own_layer(layer, model, model_weights, f"{who}: layer "
+        members = [_own_layer(layer, ownership, f"{who}: layer "
                               f"'{layer.name}' in group {g}") for layer in members]
         for layer in members:
             if not trainable_weights(layer):
@@ -348,19 +349,15 @@ def check_groups(groups, who, model=None, complete=True):
     return _Groups(result)
 
 
-def _own_layer(layer, model, model_weights, culprit):
+def _own_layer(layer, ownership, culprit):
     """`layer`, or if it is a layer of another model (the one before
-    `load_model` or `clone_model`), its one counterpart in `model`."""
-    if model is None or not layer.weights:
+    `load_model` or `clone_model`), its one counterpart in the model of
+    `ownership` (a `_rules.Ownership`; None: the model is unknown)."""
+    if ownership is None or not ownership.foreign(layer.weights):
         return layer
-    if any(id(v) in model_weights for v in layer.weights):
-        return layer
-    found = _rules.layer_counterparts(layer, model)
-    if len(found) != 1:
-        culprit += (f" has the variable '{layer.weights[0].path}', which is not "
-                    f"a trainable variable of the model '{model.name}': the layer")
-        raise ValueError(_rules.foreign_key_message(culprit, layer, model, len(found)))
-    return found[0]
+    return ownership.layer(layer, (
+        f"{culprit} has the variable '{layer.weights[0].path}', which is not a "
+        f"trainable variable of the model '{ownership.model.name}': the layer"))
 
 
 class _Groups(list):

@@ -544,7 +544,7 @@ class _LoRAPlusRule:
         `variables` are being resolved: the model and `base` layers it was
         made with may be another model's (the one before `load_model` or
         `clone_model`); their one counterparts in `model` stand for them."""
-        own = _Ownership(model, variables)
+        own = _rules.Ownership(model, variables)
         mapped = own.layer(self.model, f"{_LORA_PLUS}: the model "
                            f"'{self.model.name}' it was made with")
         base = [(own.layer(layer, f"{_LORA_PLUS}: the `base` layer "
@@ -619,35 +619,3 @@ class _LoRAPlusRule:
                 )
             cache[key] = (found[0][0], innermost[0][2])
         self._base_cache = cache
-
-
-class _Ownership:
-    """Which model's layers a rule made from a model may use: `model`'s
-    own, or for a layer of another model (before `load_model` or
-    `clone_model`) its one counterpart in `model`, as `difflr.LRMultiplier`
-    does for layer keys."""
-
-    def __init__(self, model, variables):
-        self.model = model
-        self.variables = {id(v) for v in variables}
-        self.weights = None if model is None else {id(v) for v in model.weights}
-
-    def foreign(self, layer):
-        """Whether `layer` belongs to another model (with the model unknown:
-        some of its weights train, yet none is being resolved)."""
-        if self.weights is None:
-            return (any(v.trainable for v in layer.weights)
-                    and not any(id(v) in self.variables for v in layer.weights))
-        return bool(layer.weights) and not any(id(v) in self.weights
-                                               for v in layer.weights)
-
-    def layer(self, layer, culprit):
-        """`layer`, or its one counterpart in the model; raises if it has
-        none or several."""
-        if not self.foreign(layer):
-            return layer
-        found = _rules.layer_counterparts(layer, self.model)
-        if len(found) == 1:
-            return found[0]
-        raise ValueError(_rules.foreign_key_message(
-            culprit, layer, self.model, len(found)))
