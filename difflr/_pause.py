@@ -42,7 +42,9 @@ def tracked_positions(lr, keep_frozen_state=False, had_state=None):
     `had_state` when a loaded optimizer was saved. A model with no trainable
     variables trains nothing, as with a plain optimizer (its metrics and
     normalization statistics still update); one whose variables are all
-    frozen is an error."""
+    frozen is an error. A multiplier that follows a schedule is never 0
+    here: difflr cannot know that a schedule stays at 0 for every step, so
+    a scheduled variable always gets optimizer state."""
     had_state = had_state or [False] * len(lr)
     tracked = [i for i, m in enumerate(lr)
                if m != 0 or keep_frozen_state or had_state[i]]

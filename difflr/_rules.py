@@ -1,6 +1,7 @@
 """Rule maps: parsing, validation and resolution to one value per variable.
 
-A rule map says which variables get which multiplier. Its keys may be a
+A rule map says which variables get which multiplier: a number, or a
+schedule of the step (`difflr/_scheduled.py`). Its keys may be a
 variable, a layer or nested model, an exact `variable.path`, a regular
 expression full-matched against `variable.path`, a layer class, or a callable
 `variable -> float | None`. Every variable gets the value of the most specific
@@ -29,6 +30,7 @@ import numpy as np
 from difflr import _checks
 from difflr import _declarations
 from difflr import _keras_compat
+from difflr import _scheduled
 
 # What a rule map gives, as its messages name it.
 LR = "learning-rate multiplier"
@@ -42,12 +44,18 @@ _RANK_NAMES = ("variable", "layer", "exact path", "regex", "layer class",
                "callable", "saved", "layer declaration")
 
 
-def check_value(value, what, culprit):
-    """Returns `value` as a float, or raises naming `culprit`."""
+def check_value(value, what, culprit, schedules=False):
+    """Returns `value` as a float, or raises naming `culprit`. With
+    `schedules`, a `LearningRateSchedule` is accepted too, as it is."""
+    if schedules and _scheduled.is_schedule(value):
+        return _scheduled.check(value, what, culprit)
     value = _checks.scalar(value)  # a 0-d NumPy array or tensor
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        accepted = ("a non-negative finite number or a "
+                    "keras.optimizers.schedules.LearningRateSchedule"
+                    if schedules else "a non-negative finite number")
         raise TypeError(
-            f"The {what} for {culprit} must be a non-negative finite number; "
+            f"The {what} for {culprit} must be {accepted}; "
             f"received {value!r} of type {type(value).__name__}."
         )
     value = float(value)
@@ -95,7 +103,7 @@ class Rule:
                 "expression over paths), or a callable variable -> float|None."
             )
         self.value = None if self.kind == CALLABLE else check_value(
-            value, what, self.describe()
+            value, what, self.describe(), schedules=True
         )
 
     @property
@@ -463,7 +471,8 @@ def _callable_claims(rule, variables):
             ) from e
         if value is not None:
             value = check_value(value, rule.what,
-                                f"{rule.describe()} on variable '{v.path}'")
+                                f"{rule.describe()} on variable '{v.path}'",
+                                schedules=True)
             claims.append((i, _Candidate(CALLABLE, rule, value)))
     if not claims:
         raise _no_match(rule, variables.list, "it returned None for every variable")
@@ -533,10 +542,11 @@ def to_config(rules):
     """
     saved = []
     for rule in rules:
+        value = value_config(rule.value)
         if rule.kind == PATH:
-            saved.append([rule.key, rule.value])
+            saved.append([rule.key, value])
         elif rule.kind == CLASS and _class_name(rule.key) is not None:
-            saved.append([{"layer_class": _class_name(rule.key)}, rule.value])
+            saved.append([{"layer_class": _class_name(rule.key)}, value])
     return saved
 
 
@@ -545,8 +555,13 @@ def from_config(pairs, custom_objects=None):
     for key, value in pairs:
         if isinstance(key, dict):
             key = _class_from_name(key["layer_class"], custom_objects)
-        rules.append((key, value))
+        rules.append((key, _scheduled.from_config(value, custom_objects)))
     return rules
+
+
+def value_config(value):
+    """A rule's value, JSON-ready: a number, or a schedule's config."""
+    return _scheduled.to_config(value) if _scheduled.is_schedule(value) else value
 
 
 def _class_name(cls):

@@ -27,6 +27,7 @@ by Keras with the others; the host-side values are read back from them
 import keras
 
 from difflr import _rules
+from difflr import _scheduled
 
 
 class SavedResolution:
@@ -59,12 +60,21 @@ class SavedResolution:
                    [i in tracked for i in range(len(variables))])
 
     def to_config(self):
-        return {key: getattr(self, key) for key in self._KEYS
-                if getattr(self, key) is not None}
+        config = {key: getattr(self, key) for key in self._KEYS
+                  if getattr(self, key) is not None}
+        for key in ("multipliers", "decay_multipliers"):
+            config[key] = [_rules.value_config(v) for v in config[key]]
+        return config
 
     @classmethod
-    def from_config(cls, config):
-        return None if config is None else cls(**config)
+    def from_config(cls, config, custom_objects=None):
+        if config is None:
+            return None
+        config = dict(config)
+        for key in ("multipliers", "decay_multipliers"):
+            config[key] = [_scheduled.from_config(v, custom_objects)
+                           for v in config[key]]
+        return cls(**config)
 
     def tables(self, variables):
         """`(multipliers, decay_multipliers)` for `variables`, which must be
@@ -140,7 +150,8 @@ def from_config(config, custom_objects=None):
             "compile=False)` and compile with a new `difflr.LRMultiplier`."
         )
     optimizer = _wrapped_from_config(config.pop("optimizer"), custom_objects)
-    resolution = SavedResolution.from_config(config.pop("saved_resolution", None))
+    resolution = SavedResolution.from_config(config.pop("saved_resolution", None),
+                                             custom_objects)
     for key in ("multipliers", "decay_multipliers"):
         config[key] = _rules.from_config(config.get(key) or [], custom_objects)
     return optimizer, config, resolution

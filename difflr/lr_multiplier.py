@@ -22,6 +22,7 @@ from difflr import _pause
 from difflr import _progress
 from difflr import _rules
 from difflr import _saving
+from difflr import _scheduled
 from difflr import _state
 from difflr._update import Update
 
@@ -132,19 +133,20 @@ class LRMultiplier(keras.optimizers.Optimizer):
     trainable variable, are errors. Rules resolve when the optimizer is built.
 
     Args:
-        optimizer: The optimizer to wrap: a `keras.optimizers.Optimizer`
-            instance, or a name such as `"adam"`. The wrapper takes it over:
-            do not use it on its own afterwards.
-        multipliers: Optional rule map (a dict, or a list of `(key, value)`
-            pairs) from rules to learning-rate multipliers.
-        decay_multipliers: Optional rule map to weight-decay multipliers
-            (Caffe's `decay_mult`). The effective decay of a variable is
-            `weight_decay * m * d`, scaled by its learning rate as usual.
-        keep_frozen_state: If `True`, variables whose multiplier is 0 when
-            the optimizer is built still get optimizer state, so that
-            `set_multipliers` can unfreeze them later inside the same
-            compiled training. Defaults to `False` (frozen costs nothing).
-        name: Optional name. Defaults to `"lr_multiplier"`.
+        optimizer (keras.optimizers.Optimizer | str): The optimizer to wrap: a
+            `keras.optimizers.Optimizer` instance, or a name such as `"adam"`.
+            The wrapper takes it over: do not use it on its own afterwards.
+        multipliers (dict | list | None): Optional rule map (a dict, or a list
+            of `(key, value)` pairs) from rules to learning-rate multipliers.
+        decay_multipliers (dict | list | None): Optional rule map to
+            weight-decay multipliers (Caffe's `decay_mult`). The effective
+            decay of a variable is `weight_decay * m * d`, scaled by its
+            learning rate as usual.
+        keep_frozen_state (bool): If `True`, variables whose multiplier is 0
+            when the optimizer is built still get optimizer state, so that
+            `set_multipliers` can unfreeze them later inside the same compiled
+            training. Defaults to `False` (frozen costs nothing).
+        name (str | None): Optional name. Defaults to `"lr_multiplier"`.
 
     Example:
 
@@ -275,9 +277,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         traced step; 3.16 refuses it, and so does this).
 
         Args:
-            var_list: Optional list of variables to exclude.
-            var_names: Optional list of strings: a variable whose name
-                contains one of them is excluded.
+            var_list (list[keras.Variable] | None): Optional list of variables
+                to exclude.
+            var_names (list[str] | None): Optional list of strings: a variable
+                whose name contains one of them is excluded.
         """
         try:
             self.inner_optimizer.exclude_from_weight_decay(
@@ -319,9 +322,13 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        own = [self._lr_multipliers, self._decay_multipliers] if self.built else []
-        # The progress last: files saved without it load as a prefix.
-        return own + self.inner_optimizer.variables + _progress.variables(self)
+        if self._multipliers is None:  # (not built)
+            return list(self.inner_optimizer.variables)
+        # The progress, then the schedule indices, last: files saved
+        # without them load as a prefix.
+        vectors = self._multipliers.vectors
+        return vectors[:2] + self.inner_optimizer.variables + (
+            _progress.variables(self) + vectors[2:])
 
     @_not_autographed
     @_not_traced_by_dynamo
@@ -329,8 +336,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         """Resolves the rules for `var_list` and builds the wrapped optimizer.
 
         Args:
-            var_list: The model's trainable variables. `model.compile` and
-                `model.fit` call this for you.
+            var_list (list[keras.Variable]): The model's trainable variables.
+                `model.compile` and `model.fit` call this for you.
         """
         if self.built:
             return
@@ -357,14 +364,23 @@ class LRMultiplier(keras.optimizers.Optimizer):
             # Keras may build inside a scope that defers variable creation,
             # where an `assign` right after `add_variable` would be lost: the
             # values go in through the initializer.
-            self._lr_multipliers = self._vector("lr_multipliers", layout, lr)
-            self._decay_multipliers = self._vector("decay_multipliers", layout, decay)
+            table = _scheduled.Table(self._schedules_given(lr + decay))
+            factors, indices = zip(table.split(lr), table.split(decay))
+            self._lr_multipliers = self._vector("lr_multipliers", layout, factors[0])
+            self._decay_multipliers = self._vector("decay_multipliers", layout, factors[1])
             # Gradual unfreezing's progress, saved and restored with the
             # optimizer (see `difflr/_progress.py`); the step never reads it.
             _progress.create(self, var_list)
+            # Which schedule each variable follows, listed last: only with
+            # schedules, so that an optimizer without costs nothing more.
+            vectors = _state.Vectors(self._lr_multipliers, self._decay_multipliers)
+            if len(table):
+                vectors.lr_index = self._vector("lr_schedules", layout, indices[0], "int32")
+                vectors.decay_index = self._vector(
+                    "decay_schedules", layout, indices[1], "int32")
         self._layout = layout
         self._multipliers = _state.Multipliers(
-            layout, lr, decay, self._lr_multipliers, self._decay_multipliers,
+            layout, lr, decay, vectors, table,
             on_restored=self._adopt_restored, sync=self._sync_training_state)
         self._pause = _pause.Pause(inner, layout)
         self._update = Update(inner, layout, self._multipliers, self._pause)
@@ -373,10 +389,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
         _keras_compat.install_update_hooks(
             inner, self._update.update_step, self._update.parallel_update_step)
 
-    def _vector(self, name, layout, values):
-        vector = layout.tracked_vector(values)
+    def _schedules_given(self, resolved):
+        """The schedules among `resolved` values and every rule given."""
+        rules = self._superseded.merged_maps(self._rules)
+        return list(resolved) + [r.value for r in rules.lr + rules.decay]
+
+    def _vector(self, name, layout, values, dtype="float32"):
+        vector = layout.tracked_vector(values, dtype)
         return super().add_variable(
-            shape=vector.shape, dtype="float32", name=name,
+            shape=vector.shape, dtype=dtype, name=name,
             initializer=lambda shape, dtype: keras.ops.cast(vector, dtype))
 
     def resolve(self, variables, model=None):
@@ -386,14 +407,14 @@ class LRMultiplier(keras.optimizers.Optimizer):
         `difflr.summary` shows (it previews an optimizer not built yet).
 
         Args:
-            variables: A list of trainable variables (a model's
-                `trainable_variables`, for an optimizer loaded with a model:
-                the saved resolution is matched to them by position).
-            model: Optional model owning them, which rules keyed by a layer
-                class need.
+            variables (list[keras.Variable]): The trainable variables (a
+                model's `trainable_variables`, for an optimizer loaded with a
+                model: the saved resolution is matched to them by position).
+            model (keras.Model | None): Optional model owning them, which rules
+                keyed by a layer class need.
 
         Returns:
-            A `Resolution` named tuple of four lists, one entry per variable:
+            Resolution: A named tuple of four lists, one entry per variable:
             `multipliers`, `decay_multipliers`, and `sources` and
             `decay_sources`, the descriptions of the rules that decided them.
 
@@ -464,31 +485,65 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
     # Reading and changing multipliers.
 
-    def multiplier_for(self, variable):
+    def multiplier_for(self, variable, step=None):
         """The learning-rate multiplier in force for `variable`.
 
         Args:
-            variable: One of the model's trainable variables.
+            variable (keras.Variable): One of the model's trainable variables.
+            step (int | None): Optional step at which to read a multiplier that
+                follows a schedule. Defaults to the current step (`iterations`,
+                the step the next update runs at).
 
         Returns:
-            The multiplier, a Python float.
+            float: The multiplier.
         """
         position = self._position(variable)
-        return self._current().lr[position]
+        return self._value_at(self._current().lr[position], step)
 
-    def decay_multiplier_for(self, variable):
+    def decay_multiplier_for(self, variable, step=None):
         """The weight-decay multiplier in force for `variable`.
 
         Args:
-            variable: One of the model's trainable variables.
+            variable (keras.Variable): One of the model's trainable variables.
+            step (int | None): Optional step at which to read a decay
+                multiplier that follows a schedule. Defaults to the current
+                step.
 
         Returns:
-            The decay multiplier, a Python float.
+            float: The decay multiplier.
         """
         position = self._position(variable)
-        return self._current().decay[position]
+        return self._value_at(self._current().decay[position], step)
 
-    def weight_decay_for(self, variable):
+    def schedule_for(self, variable):
+        """The schedule `variable`'s learning-rate multiplier follows.
+
+        Args:
+            variable (keras.Variable): One of the model's trainable variables.
+
+        Returns:
+            keras.optimizers.schedules.LearningRateSchedule | None: The
+            schedule, or None where the multiplier is a constant
+            (`multiplier_for`).
+        """
+        value = self._current().lr[self._position(variable)]
+        return value if _scheduled.is_schedule(value) else None
+
+    def decay_schedule_for(self, variable):
+        """The schedule `variable`'s weight-decay multiplier follows.
+
+        Args:
+            variable (keras.Variable): One of the model's trainable variables.
+
+        Returns:
+            keras.optimizers.schedules.LearningRateSchedule | None: The
+            schedule, or None where the decay multiplier is a constant
+            (`decay_multiplier_for`).
+        """
+        value = self._current().decay[self._position(variable)]
+        return value if _scheduled.is_schedule(value) else None
+
+    def weight_decay_for(self, variable, step=None):
         """The weight decay applied to `variable`, per unit of its rate.
 
         Each step `variable` decays by `learning_rate * m * weight_decay_for`
@@ -498,17 +553,30 @@ class LRMultiplier(keras.optimizers.Optimizer):
         `exclude_from_weight_decay`, or the variable was frozen at build).
 
         Args:
-            variable: One of the model's trainable variables.
+            variable (keras.Variable): One of the model's trainable variables.
+            step (int | None): Optional step at which to read a decay
+                multiplier that follows a schedule. Defaults to the current
+                step.
 
         Returns:
-            A Python float.
+            float: The weight decay per unit of learning rate.
         """
         position = self._position(variable)
         index = self._layout.index_of(variable)
         weight_decay = None if index is None else self._layout.weight_decay[index]
         if weight_decay is None:
             return 0.0
-        return float(weight_decay) * self._current().decay[position]
+        return float(weight_decay) * self._value_at(
+            self._current().decay[position], step)
+
+    def _value_at(self, value, step):
+        """A value in force as a float: a schedule's at `step` (None: the
+        current step)."""
+        if not _scheduled.is_schedule(value):
+            return value
+        if step is None:
+            step = keras.ops.convert_to_numpy(self.iterations)
+        return _scheduled.value_at(value, int(step))
 
     def _current(self):
         """The `_state.Multipliers`, up to date with the optimizer variables
@@ -542,8 +610,10 @@ class LRMultiplier(keras.optimizers.Optimizer):
         first, as `self.model` in a callback does).
 
         Args:
-            multipliers: Optional rule map of learning-rate multipliers.
-            decay_multipliers: Optional rule map of decay multipliers.
+            multipliers (dict | list | None): Optional rule map of
+                learning-rate multipliers.
+            decay_multipliers (dict | list | None): Optional rule map of decay
+                multipliers.
 
         Raises:
             ValueError: if a variable that was frozen (multiplier 0) when the
@@ -643,7 +713,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         """Sets the optimizer's variables, in the order of `variables`.
 
         Args:
-            weights: A list of arrays, one per variable of `variables`.
+            weights (list[numpy.ndarray]): One array per variable of
+                `variables`, in that order.
         """
         if not self.built:
             raise ValueError(

@@ -8,7 +8,8 @@ runs it at the variable's own rate,
     v <- update_step(gradient, v, lr * m)
 
 with `m` and `d` read from the multiplier vectors inside the step, so that
-`set_multipliers` needs no retracing. The vectors are read once per step
+`set_multipliers` needs no retracing (times their schedules' values at the
+step, where the optimizer has schedules: `_state.Multipliers.in_step`). The vectors are read once per step
 (`Rates`), because TensorFlow runs op by op (no XLA on CPU by default), where
 a read or a product per variable would be ops per variable.
 
@@ -58,31 +59,28 @@ class Rates:
     """
 
     def __init__(self, update, learning_rate):
-        multipliers, layout = update.multipliers, update.layout
+        layout = update.layout
         self.learning_rate = learning_rate
         weight_decay = np.array(
             [0.0 if w is None else w for w in layout.weight_decay], "float32")
         decayed = any(w is not None for w in layout.weight_decay)
-        m = ops.convert_to_tensor(multipliers.lr_vector)
+        # At the step the base rate's own schedule sees (`iterations`).
+        m, d = update.multipliers.in_step(update.optimizer.iterations)
         if not _traced(m):
-            self._split_on_host(update, learning_rate, weight_decay, decayed)
+            self._split_on_host(update, m, d, learning_rate, weight_decay, decayed)
             return
         rates = ops.multiply(learning_rate, m)
         self.rates = ops.unstack(rates)
-        self.decays = None
-        if decayed:
-            self.decays = ops.unstack(
-                rates * ops.convert_to_tensor(multipliers.decay_vector) * weight_decay)
+        self.decays = ops.unstack(rates * d * weight_decay) if decayed else None
         self.multipliers = ops.unstack(m) if update.step_form else None
         self.paused = (ops.unstack(ops.equal(m, 0.0))
                        if update.pause.mode == "hold" else None)
 
-    def _split_on_host(self, update, learning_rate, weight_decay, decayed):
+    def _split_on_host(self, update, m, d, learning_rate, weight_decay, decayed):
         """Run eagerly (a custom loop without `jit` or `tf.function`), each
         slice of a vector would be an op of its own, compiled on JAX for
         every index: the vectors are read once and split on the host."""
-        vectors = (update.multipliers.lr_vector, update.multipliers.decay_vector)
-        m, d = (ops.convert_to_numpy(ops.convert_to_tensor(v)) for v in vectors)
+        m, d = ops.convert_to_numpy(m), ops.convert_to_numpy(d)
         self.rates = [learning_rate * x for x in m]
         self.decays = ([r * x for r, x in zip(self.rates, d * weight_decay)]
                        if decayed else None)

@@ -21,7 +21,8 @@ rate 0 or is left out, as `difflr._pause` says.
 
 Under torch.compile, a plan from host floats would be compiled into the
 graph: the hooks hand over to `torch_traced`, which reads the multipliers
-from tensors.
+from tensors. So do they while a schedule is in force (`difflr._scheduled`),
+whose values change at every step on the device.
 """
 
 import math
@@ -49,20 +50,35 @@ class TorchUpdate:
         self.step_form = full and _keras_compat.scaling(optimizer) == "step"
         self._plan = None  # (signature, Plan)
         self._traced = torch_traced.TracedUpdate(self)
+        self._in_step = None  # this step's (m, d) tensors
 
     def before_apply(self):
         _refuse_unsynchronised_fit()
+        self._in_step = None
         if not torch_traced.is_tracing():
             # A restore may have written the vectors (no cost if not): the
             # plan is made from what they hold.
             self.multipliers.refresh()
 
     def after_apply(self):
-        pass
+        self._in_step = None
+
+    def in_step(self):
+        """This step's multipliers as tensors (`_state.Multipliers.in_step`),
+        computed once per step."""
+        if self._in_step is None:
+            self._in_step = self.multipliers.in_step(self.optimizer.iterations)
+        return self._in_step
+
+    def _on_device(self):
+        """Whether the update reads the multipliers from the device: under
+        torch.compile, and while a schedule is in force (its values change
+        every step, where a plan from host floats would be made anew)."""
+        return torch_traced.is_tracing() or self.multipliers.scheduled
 
     def update_step(self, original, gradient, variable, learning_rate):
         """One variable, eagerly (optimizers without a fused update)."""
-        if torch_traced.is_tracing():
+        if self._on_device():
             return self._traced.update_step(original, gradient, variable, learning_rate)
         index = self.layout.index_of(variable)
         if index is None:
@@ -78,7 +94,7 @@ class TorchUpdate:
 
     def parallel_update_step(self, original, grads, variables, learning_rate):
         """All variables at once: Keras's fused update, per `Plan`."""
-        if torch_traced.is_tracing():
+        if self._on_device():
             return self._traced.parallel_update_step(
                 original, grads, variables, learning_rate)
         plan = self.plan(variables)

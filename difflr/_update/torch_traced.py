@@ -1,4 +1,5 @@
-"""The update on the torch backend inside `torch.compile` (`jit_compile=True`).
+"""The update on the torch backend inside `torch.compile` (`jit_compile=True`),
+and eagerly while a schedule is in force.
 
 Dynamo specialises a graph on the Python values it reads. The eager update
 (`difflr._update.torch`) plans from the multipliers' host floats: traced, it
@@ -47,11 +48,11 @@ class TracedUpdate:
         index = update.layout.index_of(variable)
         if index is None:
             return original(gradient, variable, learning_rate)
-        m = update.multipliers.lr_vector.value[index]
+        m_all, d_all = update.in_step()
+        m = m_all[index]
         rate = learning_rate * m
         weight_decay = update.layout.weight_decay[index]
-        decay = (None if weight_decay is None
-                 else rate * update.multipliers.decay_vector.value[index] * weight_decay)
+        decay = None if weight_decay is None else rate * d_all[index] * weight_decay
         step = lambda: decay_then_update(update.optimizer, original, gradient,
                                          variable, rate, decay)
         if update.pause.mode == "hold":
@@ -62,7 +63,7 @@ class TracedUpdate:
         """All variables at once, as Keras's fused update."""
         update = self.update
         indices = [update.layout.index_of(v) for v in variables]
-        m = update.multipliers.lr_vector.value[indices]
+        m = update.in_step()[0][indices]
         self._decay(variables, indices, m, learning_rate)
         kernel = (None if update.pause.mode == "hold"
                   else torch_kernels.kernel(update.optimizer, variables))
@@ -78,7 +79,7 @@ class TracedUpdate:
         decayed = [p for p, j in enumerate(indices) if weight_decay[j] is not None]
         if not decayed:
             return
-        d = self.update.multipliers.decay_vector.value[[indices[p] for p in decayed]]
+        d = self.update.in_step()[1][[indices[p] for p in decayed]]
         coefficients = torch.tensor([weight_decay[indices[p]] for p in decayed],
                                     dtype=m.dtype, device=m.device)
         factors = 1 - learning_rate * m[decayed] * d * coefficients
