@@ -7,6 +7,7 @@ like Caffe's `lr_mult`, on the TensorFlow, JAX and PyTorch backends.
 import sys
 
 __version__ = "0.1.0"
+"""The installed keras-difflr version, a string such as `"0.1.0"`."""
 __all__ = [
     "LRFindResult", "LRMultiplier", "callbacks", "discriminative", "fine_tune",
     "groups", "layers", "layerwise_decay", "lora_plus", "lr_find", "no_decay",

@@ -5,12 +5,13 @@ import importlib.util
 import json
 import os
 
-# The module each Keras backend imports, and the extra that installs it.
-BACKENDS = {
-    "tensorflow": ("tensorflow", "keras-difflr[tensorflow]"),
-    "jax": ("jax", "keras-difflr[jax]"),
-    "torch": ("torch", "keras-difflr[torch]"),
-}
+# The module each Keras backend imports; the registry's package of that name
+# installs it. Messages name that package rather than one of difflr's extras:
+# it installs the same way wherever difflr came from (a clone, a wheel).
+BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+# The registry's torch wheels for Linux carry CUDA (gigabytes).
+TORCH_CPU = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
 
 def _keras_config_path():
     """Where Keras reads its settings: $KERAS_HOME/keras.json or ~/.keras."""
@@ -43,7 +44,7 @@ def configured_backend():
 def installed_backends():
     """The backends whose module is installed (found, not imported)."""
     found = []
-    for name, (module, _) in BACKENDS.items():
+    for name, module in BACKENDS.items():
         try:
             if importlib.util.find_spec(module) is not None:
                 found.append(name)
@@ -60,27 +61,28 @@ def backend_problem(error):
 
     Returns:
         A message naming the backend Keras is trying to use and why, how to
-        choose another and which extra installs it; `None` if `error` is not
-        about a backend's module.
+        choose another and which package installs it; `None` if `error` is
+        not about a backend's module.
     """
     missing = (getattr(error, "name", None) or "").split(".")[0]
-    modules = {module: name for name, (module, _) in BACKENDS.items()}
-    if missing not in modules and missing != "jaxlib":
+    if missing not in BACKENDS.values() and missing != "jaxlib":
         return None
     backend, source = configured_backend()
-    extra = BACKENDS.get(backend, (None, f"keras-difflr[{backend}]"))[1]
+    package = BACKENDS.get(backend, backend)
     others = [b for b in installed_backends() if b != backend]
     lines = [
         f"difflr: Keras is trying to use the {backend} backend ({source}), "
         f"but {missing} is not installed ({error}).",
         "",
-        f"  Install it:          pip install \"{extra}\"",
+        f"  Install it:          pip install {package}",
     ]
+    if package == "torch":
+        lines.append(f"    (CPU only: {TORCH_CPU})")
     if others:
         lines.append(f"  or use another one:  export KERAS_BACKEND={others[0]}"
                      f"   (installed: {', '.join(others)})")
     else:
-        lines.append("  or install another:  pip install \"keras-difflr[jax]\""
+        lines.append("  or install another:  pip install jax"
                      "   then: export KERAS_BACKEND=jax")
     lines += [
         "",
@@ -88,6 +90,23 @@ def backend_problem(error):
         f"set \"backend\" in {_keras_config_path()}.",
     ]
     return "\n".join(lines)
+
+
+def quiet_idle_tensorflow():
+    """Keeps TensorFlow quiet in a process whose Keras backend is not
+    TensorFlow, unless the user's environment says otherwise.
+
+    Keras's `set_random_seed` seeds TensorFlow whenever it is installed, so
+    JAX and PyTorch runs import it, and its import logs a page of start-up
+    notes (oneDNN, CPU instructions) about ops those runs never execute.
+    Call before anything imports TensorFlow; it changes this process's
+    environment only.
+    """
+    if configured_backend()[0] == "tensorflow":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no info, no warnings
+    # The oneDNN notice prints whatever the log level, unless oneDNN is off.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 class BackendMissing(ImportError):

@@ -279,8 +279,10 @@ class Unfreezing(keras.callbacks.Callback):
         if self.verbose:
             for j in plan.unfrozen_at(epoch):
                 names = ", ".join(layer.name for layer in plan.groups[j])
+                # Numbered from 1 as Keras's progress bar and callbacks
+                # print epochs; the entry it sets counts from 0, as `fit`.
                 print(f"\nEpoch {epoch + 1}: {self._who} unfreezes group {j} "
-                      f"({names}).")
+                      f"({names}); opened_at[{j}] = {epoch}.")
 
     def _record(self, opt, values=None):
         """Writes the progress into the optimizer's variables (`values`: the

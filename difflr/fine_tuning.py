@@ -55,36 +55,40 @@ def fine_tune(model, x=None, y=None, *, epochs, base_lr=2e-3, freeze_epochs=1,
     should not change them too.
 
     Args:
-        model: A built Keras model compiled with a `difflr.LRMultiplier`
-            optimizer (possibly inside a `LossScaleOptimizer`).
-        x: Input data, as for `model.fit`.
-        y: Target data, as for `model.fit`.
-        epochs: Number of epochs of phase 2 (all groups), at least 1.
-        base_lr: The peak base rate of phase 1; phase 2 peaks at half of it.
-            Defaults to `2e-3` (fastai's).
-        freeze_epochs: Number of epochs of phase 1 (head only), 0 to skip
+        model (keras.Model): A built Keras model compiled with a
+            `difflr.LRMultiplier` optimizer (possibly inside a
+            `LossScaleOptimizer`).
+        x (Any): Input data, as for `model.fit`.
+        y (Any): Target data, as for `model.fit`.
+        epochs (int): Number of epochs of phase 2 (all groups), at least 1.
+        base_lr (float): The peak base rate of phase 1; phase 2 peaks at half
+            of it. Defaults to `2e-3` (fastai's).
+        freeze_epochs (int): Number of epochs of phase 1 (head only), 0 to skip
             it. Defaults to 1.
-        lr_mult: Ratio of the head's rate to the bottom group's in phase 2,
-            at least 1. Defaults to 100.
-        pct_start: The fraction of phase 2 spent rising. Defaults to 0.3.
-        div: Phase 2 starts at `base_lr / 2 / div`. Defaults to 5.
-        div_final: Both phases end at their peak over `div_final`. Defaults to
-            `1e5`.
-        groups: The groups, bottom to head: lists of layers covering every
-            trainable variable once. Defaults to `difflr.groups(model)`.
-        train_bn: Whether normalization layers in the frozen groups keep
+        lr_mult (float): Ratio of the head's rate to the bottom group's in
+            phase 2, at least 1. Defaults to 100.
+        pct_start (float): The fraction of phase 2 spent rising. Defaults to
+            0.3.
+        div (float): Phase 2 starts at `base_lr / 2 / div`. Defaults to 5.
+        div_final (float): Both phases end at their peak over `div_final`.
+            Defaults to `1e5`.
+        groups (list | None): The groups, bottom to head: lists of layers
+            covering every trainable variable once. Defaults to
+            `difflr.groups(model)`.
+        train_bn (bool): Whether normalization layers in the frozen groups keep
             training in phase 1 (at 0.1, as in fastai). Defaults to True.
-        callbacks: Optional list of Keras callbacks, given to both phases.
-        **fit_kwargs: Passed to both calls of `model.fit` (`batch_size`,
+        callbacks (list[keras.callbacks.Callback] | None): Optional list of
+            Keras callbacks, given to both phases.
+        **fit_kwargs (Any): Passed to both calls of `model.fit` (`batch_size`,
             `validation_data`, `steps_per_epoch`, `verbose`, ...), except
             `epochs` and `initial_epoch`, which `fine_tune` sets: phase 1 is
             epochs `0 .. freeze_epochs - 1`, phase 2 the next `epochs`.
 
     Returns:
-        A `keras.callbacks.History` of both phases together: `history.epoch`
-        runs over all `freeze_epochs + epochs` epochs, and each list in
-        `history.history` holds phase 1's values, then phase 2's, with the
-        base rate of each epoch's last step as `"learning_rate"`.
+        keras.callbacks.History: Both phases together: `history.epoch` runs
+        over all `freeze_epochs + epochs` epochs, and each list in
+        `history.history` holds phase 1's values, then phase 2's, with the base
+        rate of each epoch's last step as `"learning_rate"`.
 
     Raises:
         ValueError, TypeError: if an argument is invalid, if the model is not

@@ -163,14 +163,15 @@ def groups(model):
     layers) to the recipes instead.
 
     Args:
-        model: A built Keras model (or layer) with trainable variables.
+        model (keras.Model | keras.layers.Layer): A built Keras model (or
+            layer) with trainable variables.
 
     Returns:
-        A list of groups, bottom (input side) first, head last; each group a
-        list of layers. Its `repr` shows one line per group. Its attribute
-        `layer_ids` gives each group's index in the whole split, frozen
-        groups included (timm's layer ids), and `num_layer_ids` the number
-        of groups in the whole split; without frozen groups they are
+        list[list[keras.layers.Layer]]: The groups, bottom (input side) first,
+        head last; each group a list of layers. Its `repr` shows one line per
+        group. Its attribute `layer_ids` gives each group's index in the whole
+        split, frozen groups included (timm's layer ids), and `num_layer_ids`
+        the number of groups in the whole split; without frozen groups they are
         `0, ..., len - 1` and `len`.
 
     Raises:

@@ -45,21 +45,22 @@ def discriminative(groups, lr=None, factor=None):
     at `hi * m_i`, and learning-rate schedules keep the ratios.
 
     Args:
-        groups: A model (split with `difflr.groups(model)`) or a list of
-            groups, bottom to head, each a list of layers (or a single layer).
-            With a list, variables in no group keep their default multiplier
-            1.0: `difflr.groups(model)` covers every trainable variable.
-            `i` and `n` are the groups' layer ids as `difflr.groups` gives
-            them (frozen groups keep their place, so freezing before or
-            after gives the other groups the same rates); a list without
-            `layer_ids` counts as `0..n-1`.
-        lr: A `slice(lo, hi)` with `0 < lo <= hi`, or `slice(hi)` with
-            `hi > 0`.
-        factor: A number >= 1: the ratio between consecutive groups.
-            Exactly one of `lr` and `factor` must be given.
+        groups (keras.Model | list): A model (split with
+            `difflr.groups(model)`) or a list of groups, bottom to head, each a
+            list of layers (or a single layer). With a list, variables in no
+            group keep their default multiplier 1.0: `difflr.groups(model)`
+            covers every trainable variable. `i` and `n` are the groups' layer
+            ids as `difflr.groups` gives them (frozen groups keep their place,
+            so freezing before or after gives the other groups the same rates);
+            a list without `layer_ids` counts as `0..n-1`.
+        lr (slice | None): A `slice(lo, hi)` with `0 < lo <= hi`, or
+            `slice(hi)` with `hi > 0`.
+        factor (float | None): A number >= 1: the ratio between consecutive
+            groups. Exactly one of `lr` and `factor` must be given.
 
     Returns:
-        A dict `{layer: multiplier}` covering every layer of every group.
+        dict[keras.layers.Layer, float]: `{layer: multiplier}` covering every
+        layer of every group.
 
     Raises:
         TypeError: if the groups are malformed, `lr` is not a slice, or
@@ -198,19 +199,20 @@ def layerwise_decay(model, decay=0.75, min_multiplier=None, groups=None):
     other group at the same rate. The frozen groups get no rule.
 
     Args:
-        model: A built Keras model.
-        decay: The ratio between consecutive groups, `0 < decay <= 1`
+        model (keras.Model): A built Keras model.
+        decay (float): The ratio between consecutive groups, `0 < decay <= 1`
             (BEiT uses 0.65 to 0.75 for base models).
-        min_multiplier: Optional floor for the multipliers, in `[0, 1]`
-            (timm's `min_scale`). Defaults to no floor.
-        groups: Optional list of groups, bottom to head, each a list of layers
-            (or a single layer), covering every trainable variable of `model`
-            exactly once. Defaults to `difflr.groups(model)`. A list given
-            here counts as `0..n-1` unless it carries `layer_ids` (as
-            `difflr.groups` returns).
+        min_multiplier (float | None): Optional floor for the multipliers, in
+            `[0, 1]` (timm's `min_scale`). Defaults to no floor.
+        groups (list | None): Optional list of groups, bottom to head, each a
+            list of layers (or a single layer), covering every trainable
+            variable of `model` exactly once. Defaults to
+            `difflr.groups(model)`. A list given here counts as `0..n-1` unless
+            it carries `layer_ids` (as `difflr.groups` returns).
 
     Returns:
-        A dict `{layer: multiplier}` covering every layer of every group.
+        dict[keras.layers.Layer, float]: `{layer: multiplier}` covering every
+        layer of every group.
 
     Raises:
         TypeError: if `model` is not a Keras model or the groups are
@@ -290,10 +292,11 @@ def no_decay(model):
     `dense/bias`).
 
     Args:
-        model: A built Keras model.
+        model (keras.Model): A built Keras model.
 
     Returns:
-        A dict from layers and variable paths to 0.0.
+        dict[keras.layers.Layer | str, float]: A map from layers and variable
+        paths to 0.0.
 
     Raises:
         TypeError: if `model` is not a Keras model.
@@ -431,21 +434,25 @@ def lora_plus(model, ratio=16.0, lr=1.0, embedding_lr=None, base=None):
     the optimizer raises, saying so.
 
     Args:
-        model: The Keras model (or layer) whose LoRA variables to scale.
-        ratio: The ratio of the `B` matrices' rate to the `A` matrices',
-            a number > 0 (the paper and PEFT suggest 16 as a start; 1 is plain
-            LoRA). Defaults to 16.
-        lr: The multiplier of the `A` matrices, a number >= 0. Defaults to 1.
-        embedding_lr: Optional multiplier for both factors of LoRA
-            `Embedding` layers (PEFT's `loraplus_lr_embedding`, relative to
-            the base rate). Defaults to `None`: the same rule as the kernels.
-        base: Optional rule map (a dict or a list of pairs) whose keys are
-            layers, as `discriminative` and `layerwise_decay` return: each
-            variable gets the multiplier of the innermost layer covering it,
-            and its LoRA factors are scaled by it.
+        model (keras.Model | keras.layers.Layer): The Keras model (or layer)
+            whose LoRA variables to scale.
+        ratio (float): The ratio of the `B` matrices' rate to the `A`
+            matrices', a number > 0 (the paper and PEFT suggest 16 as a start;
+            1 is plain LoRA). Defaults to 16.
+        lr (float): The multiplier of the `A` matrices, a number >= 0. Defaults
+            to 1.
+        embedding_lr (float | None): Optional multiplier for both factors of
+            LoRA `Embedding` layers (PEFT's `loraplus_lr_embedding`, relative
+            to the base rate). Defaults to `None`: the same rule as the
+            kernels.
+        base (dict | list | None): Optional rule map (a dict or a list of
+            pairs) whose keys are layers, as `discriminative` and
+            `layerwise_decay` return: each variable gets the multiplier of the
+            innermost layer covering it, and its LoRA factors are scaled by it.
 
     Returns:
-        A dict with a single key, a callable rule, for `difflr.LRMultiplier`.
+        dict[Callable, None]: A rule map with a single key, a callable rule,
+        for `difflr.LRMultiplier`.
 
     Raises:
         TypeError: if `model` is not a Keras layer or model, a number is not

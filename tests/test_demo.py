@@ -3,6 +3,7 @@
 import argparse
 import csv
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -419,12 +420,15 @@ def test_summary_best_worst_mean_sample_std_and_paired_difference():
     assert control.means == pytest.approx([0.4, 0.6])
     assert control.vs_full is None  # no full on the control here
     text = report.table(_fake_results())
+    # Three seeds cannot separate either from full (see test_within_noise).
     assert ("probe        Last                0.800 ± 0.000    0.01      "
-            "0.600 ± 0.100    0.001     +0.100 ± 0.100 (2/3)\n") in text
+            "0.600 ± 0.100    0.001     +0.100 ± 0.100 (2/3), within noise\n"
+            ) in text
     assert ("full         Full                0.700 ± 0.100    0.001     "
             "0.600 ± 0.100    0.01      -\n") in text
     assert ("discr        Full + discr        0.800 ± 0.100    0.001     "
-            "0.700 ± 0.173    0.01      +0.100 ± 0.173 (2/3)\n") in text
+            "0.700 ± 0.173    0.01      +0.100 ± 0.173 (2/3), within noise\n"
+            ) in text
     control_part = text[text.index("Control: pretrained on pixel-shuffled"):]
     assert "paired" not in control_part  # no full to compare with there
     assert ("discr        Full + discr        0.600 ± 0.100    0.01      "
@@ -452,13 +456,16 @@ def test_what_was_kept_is_taken_at_the_best_rate_for_the_new_task():
     assert control.measures["retained"].means == pytest.approx([0.5, 0.2])
     text = report.table(_fake_results())
     assert "(the pretrained network: 0.900)" in text
-    assert ("probe        0.01    0.900 ± 0.000    +0.400 ± 0.100 (3/3)  "
-            "0.600 ± 0.000    +0.100 ± 0.100 (2/3)  0.500 ± 0.000    "
-            "+0.000 ± 0.000 (0/3)\n") in text
-    assert ("scratch      0.01    -                -                     "
-            "0.500 ± 0.000    ") in text  # no retained accuracy
-    assert ("full         0.001   0.500 ± 0.100    -                     "
-            "0.500 ± 0.100    -                     0.500 ± 0.000    -\n") in text
+    # Paired cells as wide as the widest, `, within noise` and two spaces.
+    vs = lambda cell: cell.ljust(36)  # noqa: E731
+    assert ("probe        0.01    0.900 ± 0.000    " + vs("+0.400 ± 0.100 (3/3)")
+            + "0.600 ± 0.000    " + vs("+0.100 ± 0.100 (2/3), within noise")
+            + "0.500 ± 0.000    +0.000 ± 0.000 (0/3), within noise\n") in text
+    assert ("scratch      0.01    -                " + vs("-")
+            + "0.500 ± 0.000    ") in text  # no retained accuracy
+    assert ("full         0.001   0.500 ± 0.100    " + vs("-")
+            + "0.500 ± 0.100    " + vs("-") + "0.500 ± 0.000    -\n") in text
+    assert "\n" + report.NOISE_NOTE + ".\n" in text
     assert ("mean retained 10-way accuracy at each base learning rate\n"
             "arm             0.001     0.01\n"
             "scratch             -        -\n"
@@ -467,6 +474,109 @@ def test_what_was_kept_is_taken_at_the_best_rate_for_the_new_task():
     control_part = text[text.index("Control: pretrained on pixel-shuffled"):]
     assert "pixels shuffled as in its pretraining" in control_part
     assert "discr        0.01    0.200 ± 0.100    0.400 ± 0.100" in control_part
+
+
+def test_within_noise_is_a_95_percent_t_interval_that_contains_zero():
+    # Student's t quantiles in closed form: 1 degree of freedom (Cauchy) and 2.
+    t1 = math.tan(math.pi * (0.975 - 0.5))  # 12.706
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # 4.303
+    two = report.Measure([], differences=[0.3, 0.1], pooled=(0.1, 1))
+    half = t1 * 0.1 / math.sqrt(2)
+    assert two.interval == pytest.approx((0.2 - half, 0.2 + half))
+    assert two.separated is False  # one degree of freedom: a wide interval
+    three = report.Measure([], differences=[0.4, 0.5, 0.3], pooled=(0.1, 2))
+    half = t2 * 0.1 / math.sqrt(3)
+    assert three.interval == pytest.approx((0.4 - half, 0.4 + half))
+    assert three.separated is True
+    below = report.Measure([], differences=[-0.4, -0.5, -0.3], pooled=(0.1, 2))
+    assert below.separated is True  # separated below full too
+    tie = report.Measure([], differences=[0.0, 0.0], pooled=(0.0, 1))
+    assert tie.separated is False
+    for nothing in (report.Measure([], differences=[0.5]),  # one seed
+                    report.Measure([], pooled=(0.1, 2))):  # no full
+        assert nothing.interval is None and nothing.separated is None
+
+
+def test_the_spread_is_pooled_over_the_arms_compared_with_full():
+    scratch, probe, full, discr, control = report.summarize(_fake_results())
+    # Paired differences at the best rates, by hand (full: 0.001).
+    accuracy = {"scratch": [0, -0.1, 0.1], "probe": [0.1, 0, 0.2],
+                "discr": [0.2, -0.1, 0.2]}  # variances 0.01, 0.01, 0.03
+    for summary in (scratch, probe, discr):
+        assert summary.measures["accuracy"].differences == pytest.approx(
+            accuracy[summary.arm])
+    # Pooled: (2 * 0.01 + 2 * 0.01 + 2 * 0.03) / 6 degrees of freedom.
+    std, dof = probe.measures["accuracy"].pooled
+    assert (std, dof) == (pytest.approx(math.sqrt(0.1 / 6)), 6)
+    assert discr.measures["accuracy"].pooled == probe.measures["accuracy"].pooled
+    half = 2.447 * std / math.sqrt(3)  # t(0.975, 6) from a printed table
+    low, high = probe.measures["accuracy"].interval
+    assert (low, high) == pytest.approx((0.1 - half, 0.1 + half), abs=1e-3)
+    assert probe.measures["accuracy"].separated is False  # 0.1 ± 0.182
+    # retained: probe [0.4, 0.5, 0.3], discr [0.2, 0.4, 0.0]; scratch has
+    # none. (2 * 0.01 + 2 * 0.04) / 4 degrees of freedom.
+    assert probe.measures["retained"].differences == pytest.approx([0.4, 0.5, 0.3])
+    std, dof = discr.measures["retained"].pooled
+    assert (std, dof) == (pytest.approx(math.sqrt(0.1 / 4)), 4)
+    half = 2.776 * std / math.sqrt(3)  # t(0.975, 4), 0.253
+    assert probe.measures["retained"].interval == pytest.approx(
+        (0.4 - half, 0.4 + half), abs=1e-3)
+    assert probe.measures["retained"].separated is True
+    assert discr.measures["retained"].separated is False  # 0.2 ± 0.253
+    assert scratch.measures["noisy"].separated is False  # every seed ties
+    assert full.measures["accuracy"].separated is None  # the reference
+    assert control.measures["accuracy"].separated is None  # no full there
+
+
+def test_the_figure_says_what_the_tables_say(tmp_path, monkeypatch):
+    # Beside each arm, its paired difference from full and seeds won, grey
+    # and marked when the seeds cannot separate it, bold when they can.
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    report.plot_forgetting_and_shift(_fake_results(), str(tmp_path / "f.png"))
+    (fig,) = figures
+    digits = fig.axes[:4]  # new task, retained, translated, noisy
+    titles = [ax.get_title() for ax in digits]
+    assert titles[0].startswith("New task") and "forgetting" in titles[1]
+    labels = {ax.get_title(): {t.get_text(): (t.get_color(), t.get_fontweight())
+                               for t in ax.texts} for ax in digits}
+    kept = labels[titles[1]]
+    assert kept["+0.400 (3/3)"] == ("black", "bold")
+    assert kept["+0.200 (2/3)\nwithin noise"] == ("0.55", "normal")
+    assert "no pretrained body" in kept  # scratch's row
+    assert "pretrained 0.900" in kept
+    assert labels[titles[0]]["+0.100 (2/3)\nwithin noise"] == ("0.55", "normal")
+    assert labels[titles[3]]["+0.000 (0/3)\nwithin noise"] == ("0.55", "normal")
+    assert [t.get_text() for t in digits[0].get_yticklabels()] == [
+        "scratch", "probe", "full", "discr"]
+    assert "3 seeds cannot separate the arm from full" in fig.get_suptitle()
+    # Each arm's mean at its best rate, in its row (y = the arm's index).
+    means = {(round(float(x), 6), round(float(y))) for ax in digits[1:2]
+             for c in ax.collections for x, y in c.get_offsets()
+             if c.get_sizes()[0] == 70}
+    assert means == {(0.9, 1), (0.5, 2), (0.7, 3)}  # probe, full, discr
+
+
+def test_the_demo_page_shows_every_figure_it_describes_full_width():
+    # docs/demo.md against the files on disk and the code that drew them.
+    docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
+    with open(os.path.join(docs, "demo.md"), encoding="utf-8") as f:
+        page = f.read()
+    shown = re.findall(r"!\[[^\]]+\]\((img/demo_[\w.]+\.png)\)(\{ \.wide \})?",
+                       page)
+    on_disk = {f"img/{name}" for name in os.listdir(os.path.join(docs, "img"))
+               if name.startswith("demo_")}
+    assert {path for path, _ in shown} == on_disk  # each shown, none missing
+    assert all(wide for _, wide in shown)  # several panels: the page's width
+    # The learning-rate figure is drawn at the middle of the --full grid.
+    middle = experiment.FULL.lrs[len(experiment.FULL.lrs) // 2]
+    assert (f"at base rate {middle:g}, the middle of the `--full` grid"
+            in " ".join(page.split()))
+    with open(os.path.join(docs, os.pardir, "mkdocs.yml"), encoding="utf-8") as f:
+        config = f.read()
+    assert "- glightbox:" in config and "- attr_list" in config
+    assert os.path.exists(os.path.join(docs, "css", "figures.css"))
+    assert "- css/figures.css" in config
 
 
 def test_one_seed_has_no_std():
@@ -495,14 +605,15 @@ def test_files_are_written_whole_with_the_right_columns(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "Command: `python -m difflr demo --quick`" in md
     assert ("| discr | Full + discr | 0.800 ± 0.100 | 0.001 | 0.700 ± 0.173 "
-            "| 0.01 | +0.100 ± 0.173 (2/3) |") in md
+            "| 0.01 | +0.100 ± 0.173 (2/3), within noise |") in md
     assert "| full | Full | 0.700 ± 0.100 | 0.001 | 0.600 ± 0.100 | 0.01 | - |" in md
     assert ("| arm | at lr | retained 10-way | retained 10-way - full, paired "
             "| translated | translated - full, paired | noisy | noisy - full, "
             "paired |") in md
     assert ("| probe | 0.01 | 0.900 ± 0.000 | +0.400 ± 0.100 (3/3) | "
-            "0.600 ± 0.000 | +0.100 ± 0.100 (2/3) | 0.500 ± 0.000 | "
-            "+0.000 ± 0.000 (0/3) |") in md
+            "0.600 ± 0.000 | +0.100 ± 0.100 (2/3), within noise | "
+            "0.500 ± 0.000 | +0.000 ± 0.000 (0/3), within noise |") in md
+    assert f"; {report.NOISE_NOTE}. What fine-tuning kept" in md
     assert "| scratch | - | - |" in md  # its retained accuracy over the grid
     assert "(forgetting_and_shift.png)" in md
     assert f"{os.cpu_count()} cores" in md and keras.__version__ in md
@@ -575,8 +686,8 @@ def test_missing_dependencies_name_the_extra(monkeypatch, capsys):
         monkeypatch.setitem(sys.modules, module, None)  # import fails
     code, out, err = _demo([], capsys)
     assert code == 1
-    assert "needs scikit-learn" in err and "pip install keras-difflr[demo]" in err
-    with pytest.raises(ImportError, match=r"pip install keras-difflr\[demo\]"):
+    assert "needs scikit-learn" in err and "`pip install scikit-learn`" in err
+    with pytest.raises(ImportError, match=r"`pip install scikit-learn matplotlib`"):
         data.load()
 
 
@@ -587,7 +698,7 @@ def test_help_explains_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--quick", "--full", "--out", "--seeds", "--lrs", "--arms",
                    "--no-control", "--shots", "--epochs", "KERAS_BACKEND",
-                   "Table 7", "keras-difflr[demo]"):
+                   "Table 7", "pip install scikit-learn matplotlib"):
         assert option in text
     for name in arms_lib.ARMS:
         assert name in text

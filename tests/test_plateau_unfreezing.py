@@ -6,6 +6,7 @@ writes them into the logs), so every phase change is exact.
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -238,3 +239,41 @@ def test_resuming_after_load_model_continues_exactly(tmp_path, stop):
         with pytest.raises(ValueError, match=r"must hold its weights"):
             GradualUnfreezing(monitor="val_loss", restore_best_weights=True
                               ).set_state(dict(state, best_weights=None))
+
+
+def test_verbose_lines_number_epochs_as_keras_prints_them(capsys):
+    # Keras heads each epoch with `Epoch N/M`, N from 1, and logs its
+    # val_loss; the callback's lines carry Keras's N, and each line for a
+    # group names the `opened_at` entry (from 0) it sets.
+    values = [1.0, 0.5, 0.7, 0.8, 2.0, 1.0, 1.5, 1.5, 0.1, 0.1]
+    x, y = data()
+    model, groups = mlp()
+    model.compile(optimizer=difflr.LRMultiplier(keras.optimizers.Adam(0.01)), loss="mse")
+    callback = GradualUnfreezing(groups, monitor="val_loss", patience=2,
+                                 restore_best_weights=True, verbose=1)
+    capsys.readouterr()
+    model.fit(x, y, batch_size=8, epochs=len(values), shuffle=False, verbose=2,
+              callbacks=[Script(values), callback])
+    lines = capsys.readouterr().out.splitlines()
+    keras_val_loss = {}  # Keras's epoch number -> the val_loss it printed
+    for header, log in zip(lines, lines[1:]):
+        if re.fullmatch(r"Epoch \d+/10", header):
+            n = int(header[6:-3])
+            keras_val_loss[n] = float(re.search(r"val_loss: (\S+)", log).group(1))
+    assert sorted(keras_val_loss) == list(range(1, 11))
+    opened, restored = [], []
+    for i, line in enumerate(lines):
+        if m := re.fullmatch(r"Epoch (\d+): GradualUnfreezing unfreezes group (\d) "
+                             r"\(g\d\); opened_at\[(\d)\] = (\d+)\.", line):
+            n, group, entry, epoch = map(int, m.groups())
+            assert lines[i + 1] == f"Epoch {n}/10"  # Keras's header follows
+            assert group == entry and epoch == callback.opened_at[group] == n - 1
+            opened.append(group)
+        elif m := re.fullmatch(r"Epoch (\d+): GradualUnfreezing restores the weights "
+                               r"of epoch (\d+), the best of the phase that ended "
+                               r"\(val_loss = (\S+)\)\.", line):
+            n, best, value = int(m.group(1)), int(m.group(2)), float(m.group(3))
+            assert keras_val_loss[best] == value  # Keras's number of that epoch
+            restored.append((n, best))
+    assert callback.opened_at == [8, 4, 0]
+    assert opened == [1, 0] and restored == [(5, 2), (9, 6)]

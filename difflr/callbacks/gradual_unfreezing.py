@@ -83,6 +83,15 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     `CSVLogger`, TensorBoard) also get `"unfrozen_groups"`: the number of
     groups below the head that trained in that epoch.
 
+    **Epoch numbers.** Every epoch the callback stores or takes (`U_j`,
+    `opened_at`, `get_state`/`set_state`, its error messages) counts from 0,
+    as `fit(initial_epoch=)` and `on_epoch_end(epoch)` do. The lines that
+    `verbose=1` prints count from 1, as Keras's progress bar (`Epoch 6/14`)
+    and its own callbacks print them (the restored weights are "of epoch
+    5" when `best_epoch` is 4, as in `EarlyStopping`), and a group's line
+    names the entry it sets: a group opening at epoch 5 prints `Epoch 6:
+    GradualUnfreezing unfreezes group 2 (body2); opened_at[2] = 5.`
+
     **The rates once unfrozen** (`m_v`). With `multipliers=None` they are the
     multipliers the optimizer was compiled with, read when training begins
     (before the callback sets any to 0). To combine gradual unfreezing with
@@ -160,38 +169,42 @@ class GradualUnfreezing(_unfreezing.Unfreezing):
     replacing any `set_multipliers` of your own on them.
 
     Args:
-        groups: The groups, bottom to head: a list whose items are lists of
-            layers (or single layers), covering every trainable variable of
-            the model once. Defaults to `difflr.groups(model)`.
-        every: Unfreeze one more group every `every` epochs (a positive
-            integer). Defaults to 1 (ULMFiT) when `schedule` is not given.
-        schedule: Instead of `every`, the epochs at which to unfreeze the
-            groups below the head, top down: `schedule[i]` unfreezes group
-            `n - 2 - i`. A non-decreasing list of non-negative integers, at
-            most `n - 1` long (groups it does not reach stay frozen).
-        multipliers: Optional rule map (e.g. `difflr.discriminative(...)`)
-            giving the rate of every variable once unfrozen. Defaults to the
-            multipliers the optimizer has when training begins.
-        ramp_epochs: Number of epochs over which a newly unfrozen group's
+        groups (list | None): The groups, bottom to head: a list whose items
+            are lists of layers (or single layers), covering every trainable
+            variable of the model once. Defaults to `difflr.groups(model)`.
+        every (int | None): Unfreeze one more group every `every` epochs (a
+            positive integer). Defaults to 1 (ULMFiT) when `schedule` is not
+            given.
+        schedule (list[int] | None): Instead of `every`, the epochs at which to
+            unfreeze the groups below the head, top down: `schedule[i]`
+            unfreezes group `n - 2 - i`. A non-decreasing list of non-negative
+            integers, at most `n - 1` long (groups it does not reach stay
+            frozen).
+        multipliers (dict | list | None): Optional rule map (e.g.
+            `difflr.discriminative(...)`) giving the rate of every variable
+            once unfrozen. Defaults to the multipliers the optimizer has when
+            training begins.
+        ramp_epochs (int): Number of epochs over which a newly unfrozen group's
             multiplier rises linearly to its rate (a non-negative integer).
             Defaults to 0: the full rate at once.
-        train_bn: Whether normalization layers in frozen groups keep
+        train_bn (bool): Whether normalization layers in frozen groups keep
             training (fastai's `train_bn`). Defaults to True.
-        verbose: 1 prints a line when a group unfreezes (and when weights
+        verbose (int): 1 prints a line when a group unfreezes (and when weights
             are restored). Defaults to 0.
-        monitor: Instead of `every`/`schedule`, the name of a logged
-            quantity (e.g. `"val_loss"`): a group opens when it stops
+        monitor (str | None): Instead of `every`/`schedule`, the name of a
+            logged quantity (e.g. `"val_loss"`): a group opens when it stops
             improving. Defaults to None (epoch-driven).
-        patience: With `monitor`, the number of epochs without improvement
-            after which the next group opens (`max(patience, 1)`). Defaults
-            to 0.
-        min_delta: With `monitor`, the change (non-negative) that a value
-            must exceed to count as an improvement. Defaults to 0.
-        mode: With `monitor`, `"min"`, `"max"` or `"auto"` (inferred from
-            the name, as Keras's `EarlyStopping`). Defaults to `"auto"`.
-        restore_best_weights: With `monitor`, whether to set the model's
-            weights back to the best epoch of a phase before the next group
-            opens. Defaults to False.
+        patience (int | None): With `monitor`, the number of epochs without
+            improvement after which the next group opens (`max(patience, 1)`).
+            Defaults to 0.
+        min_delta (float | None): With `monitor`, the change (non-negative)
+            that a value must exceed to count as an improvement. Defaults to 0.
+        mode (str | None): With `monitor`, `"min"`, `"max"` or `"auto"`
+            (inferred from the name, as Keras's `EarlyStopping`). Defaults to
+            `"auto"`.
+        restore_best_weights (bool | None): With `monitor`, whether to set the
+            model's weights back to the best epoch of a phase before the next
+            group opens. Defaults to False.
 
     Raises:
         TypeError: if an argument has the wrong type, or (when training

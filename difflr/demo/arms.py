@@ -18,16 +18,13 @@ import keras
 
 import difflr
 from difflr.callbacks import GradualUnfreezing
+from difflr.demo import catalog
 
 ULMFIT_FACTOR = 2.6  # ULMFiT: each group 2.6 times slower than the one above
 
 
 @dataclasses.dataclass(frozen=True)
-class Arm:
-    name: str  # the id on the command line
-    ulmfit_row: str  # the row of ULMFiT's Table 7 it mirrors
-    pretrained: bool  # starts from the pretrained body
-    description: str
+class Arm(catalog.ArmInfo):
     plan: object  # (model, lr, epochs) -> (optimizer, callbacks)
 
 
@@ -76,24 +73,16 @@ def _gradual_discriminative(model, lr, epochs):
     return difflr.LRMultiplier(_adam(lr), rules), [unfreeze]
 
 
-ARMS = {arm.name: arm for arm in (
-    Arm("scratch", "From scratch", False,
-        "random body, every layer at the base rate", _uniform),
-    Arm("probe", "Last", True,
-        "linear probe: body frozen (multiplier 0), head only", _probe),
-    Arm("full", "Full", True,
-        "uniform fine-tuning: every layer at the base rate", _uniform),
-    Arm("discr", "Full + discr", True,
-        "discriminative: group i of n at 2.6 ** -(n - 1 - i)",
-        _discriminative),
-    Arm("body0.1", "(fastai slice(lr))", True,
-        "body at x0.1, head at the base rate", _body_tenth),
-    Arm("probe+discr", "(LP-FT)", True,
-        "head only for half the epochs, then discriminative",
-        _probe_then_discriminative),
-    Arm("freez", "Freez", True,
-        "gradual unfreezing, one group per epoch from the top", _gradual),
-    Arm("freez+discr", "Freez + discr", True,
-        "gradual unfreezing with discriminative rates",
-        _gradual_discriminative),
-)}
+_PLANS = {
+    "scratch": _uniform,
+    "probe": _probe,
+    "full": _uniform,
+    "discr": _discriminative,
+    "body0.1": _body_tenth,
+    "probe+discr": _probe_then_discriminative,
+    "freez": _gradual,
+    "freez+discr": _gradual_discriminative,
+}
+# Names and descriptions live in `catalog`, which `--help` reads without Keras.
+ARMS = {info.name: Arm(*dataclasses.astuple(info), _PLANS[info.name])
+        for info in catalog.ARMS}

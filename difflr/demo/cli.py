@@ -1,4 +1,8 @@
-"""`python -m difflr demo`: its options and what it prints and writes."""
+"""`python -m difflr demo`: its options and what it prints and writes.
+
+Parsing the options, and `--help`, import neither Keras nor a backend (the
+arms and presets come from `catalog`): `run` imports them.
+"""
 
 import argparse
 import dataclasses
@@ -7,23 +11,20 @@ import os
 import shlex
 import sys
 
-import keras
-
-from difflr.demo import arms as arms_lib
+from difflr.demo import catalog
 from difflr.demo import data
-from difflr.demo import experiment
 
 # Wall time of `python -m difflr demo` (the quick preset) on 2 cores, as
 # docs/demo.md gives it per backend.
-QUICK_TIME = ("30 s on torch, 46 s on JAX, 64 s on TensorFlow, on 2 cores "
-              "(measured per backend in docs/demo.md)")
-FULL_TIME = ("about 2 minutes on torch, 8 to 12 (estimated) on JAX and "
-             "TensorFlow, on 2 cores")
+QUICK_TIME = ("30 s on torch, 46 s on JAX, 64 s on TensorFlow, on 2 quiet "
+              "cores (docs/demo.md)")
+FULL_TIME = ("about 2 minutes on torch and 9 of CPU time on JAX, on 2 quiet "
+             "cores (23 minutes of wall time on JAX on a loaded machine)")
 
 DESCRIPTION = """\
 What differential learning rates buy, on real data, on a laptop CPU with no
-network (the data set ships with scikit-learn): {quick_time} with the default
-preset.
+network (the data set ships with scikit-learn). The default preset takes
+{quick_time}.
 
 A small CNN is pretrained on half of scikit-learn's 8x8 digits (the 10-way
 digit label), once per seed. It is then fine-tuned, with a fresh head, on the
@@ -47,13 +48,13 @@ best rate and over the grid.
 
 Runs are deterministic for a given seed and backend. The backend is the one
 KERAS_BACKEND selects. Needs scikit-learn and matplotlib:
-`pip install keras-difflr[demo]`.
+`pip install scikit-learn matplotlib`.
 """
 
 
 def _arm_lines():
     return "\n".join(f"  {arm.name:<12} {arm.ulmfit_row:<19} {arm.description}"
-                     for arm in arms_lib.ARMS.values())
+                     for arm in catalog.ARMS)
 
 
 def _count(name, low, high):
@@ -95,10 +96,10 @@ def _learning_rates(text):
 def _arm_names(text):
     names = [piece.strip() for piece in text.split(",")]
     for name in names:
-        if name not in arms_lib.ARMS:
+        if name not in catalog.NAMES:
             raise argparse.ArgumentTypeError(
                 f"unknown arm {name!r} in {text!r}; the arms are "
-                f"{', '.join(arms_lib.ARMS)}.")
+                f"{', '.join(catalog.NAMES)}.")
         if names.count(name) > 1:
             raise argparse.ArgumentTypeError(
                 f"the arm {name!r} is listed twice in {text!r}.")
@@ -106,12 +107,12 @@ def _arm_names(text):
 
 
 def add_arguments(parser):
-    """Adds the demo's options to `parser` (an argparse parser)."""
+    """Adds the demo's options to `parser` (an argparse parser whose
+    formatter keeps the description's line breaks, for the arm table)."""
     parser.description = DESCRIPTION.format(arms=_arm_lines(),
                                             quick_time=QUICK_TIME)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     size = parser.add_mutually_exclusive_group()
-    quick, full = experiment.QUICK, experiment.FULL
+    quick, full = catalog.QUICK, catalog.FULL
     size.add_argument(
         "--quick", dest="preset", action="store_const", const="quick",
         help=f"the default: {len(quick.seeds)} seeds, base rates "
@@ -141,7 +142,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--arms", metavar="ARM,ARM,...", type=_arm_names,
         help="run only these arms (and the pretrained ones among them on the "
-             f"control); from: {', '.join(arms_lib.ARMS)}")
+             f"control); from: {', '.join(catalog.NAMES)}")
     parser.add_argument(
         "--no-control", action="store_true",
         help="skip the control (pretraining on pixel-shuffled images)")
@@ -157,6 +158,8 @@ def add_arguments(parser):
 
 def config_from(args):
     """The `experiment.Config` the parsed options ask for."""
+    from difflr.demo import experiment
+
     config = experiment.FULL if args.preset == "full" else experiment.QUICK
     changes = {}
     if args.seeds is not None:
@@ -177,6 +180,8 @@ def config_from(args):
 
 def command_line(args):
     """The command, as it would be typed, for the record."""
+    import keras
+
     # The preset is always written out, so that the record still says
     # what ran if the default changes.
     words = ["python", "-m", "difflr", "demo", f"--{args.preset or 'quick'}"]
@@ -201,7 +206,7 @@ def what_it_can_show(config):
     lines = [f"With {seeds} seed{'s' if seeds > 1 else ''}, differences "
              "between arms smaller than their spread over seeds are noise"
              + ("" if seeds > 1 else " that one seed cannot measure") + "."]
-    if config.lrs != experiment.FULL.lrs or seeds < len(experiment.FULL.seeds):
+    if config.lrs != catalog.FULL.lrs or seeds < len(catalog.FULL.seeds):
         lines.append(
             f"The best rates are picked from {rates} base rate"
             f"{'s' if rates > 1 else ''} "
@@ -239,15 +244,21 @@ def run(args, parser):
     """Runs the demo for parsed `args`; returns the exit code."""
     missing = _missing_dependencies(args.out is not None)
     if missing:
+        one = len(missing) == 1
         print(f"difflr demo needs {' and '.join(missing)}, which "
-              f"{'is' if len(missing) == 1 else 'are'} not installed. "
-              "Install the demo's dependencies with "
-              "`pip install keras-difflr[demo]`.", file=sys.stderr)
+              f"{'is' if one else 'are'} not installed. Install "
+              f"{'it' if one else 'them'} with `pip install {' '.join(missing)}`.",
+              file=sys.stderr)
         return 1
     if args.out is not None:
         problem = _check_out(args.out)
         if problem:
             parser.error(problem)
+    import keras
+
+    from difflr.demo import experiment
+    from difflr.demo import report
+
     config = config_from(args)
     runs = len(config.seeds) * len(config.lrs) * sum(
         len(experiment.arms_for(config, s)) for s in experiment.sources(config))
@@ -260,8 +271,6 @@ def run(args, parser):
              f"({', '.join(f'{lr:g}' for lr in config.lrs)}), "
              f"{runs} fine-tuning runs")
     results = experiment.run(config, log=progress)
-    from difflr.demo import report
-
     print()
     print(report.table(results))
     print(f"\n{runs} runs in {results.seconds:.0f} s.")

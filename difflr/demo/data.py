@@ -42,7 +42,7 @@ def _sklearn_digits():
         raise ImportError(
             "The demo needs scikit-learn for its bundled digits data set "
             "(and matplotlib for its plots). Install both with "
-            "`pip install keras-difflr[demo]`."
+            "`pip install scikit-learn matplotlib`."
         ) from e
     return load_digits()
 

@@ -28,8 +28,14 @@ import keras
 import numpy as np
 
 from difflr.demo import arms as arms_lib
+from difflr.demo import catalog
 from difflr.demo import data
 from difflr.demo import network
+
+# `Config` and the presets live in `catalog`, which `--help` reads without Keras.
+Config = catalog.Config
+QUICK = catalog.QUICK
+FULL = catalog.FULL
 
 DIGITS = "digits"  # pretrained on the 10-way digit label
 CONTROL = "control"  # pretrained on pixel-shuffled images
@@ -42,32 +48,6 @@ SOURCE_TITLES = {
     CONTROL: "Control: pretrained on pixel-shuffled images "
              "(features that do not transfer)",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    seeds: tuple
-    lrs: tuple
-    arms: tuple  # names in `arms.ARMS`
-    control_arms: tuple  # pretrained arms to run on the control too
-    shots: int = 5  # labelled images per digit for fine-tuning
-    epochs: int = 6  # fine-tuning epochs
-    repeats: int = 4  # passes over the labelled images per epoch
-    batch_size: int = 25
-    pretrain_epochs: int = 10  # over the five shifted copies
-
-
-_ALL = tuple(arms_lib.ARMS)
-_PRETRAINED = tuple(n for n, arm in arms_lib.ARMS.items() if arm.pretrained)
-# Under a minute on two cores, by backend (docs/demo.md has the timings):
-# every arm but plain gradual unfreezing, and the control for the four arms
-# that tell its story.
-QUICK = Config(seeds=(0, 1), lrs=(1e-3, 1e-2, 1e-1),
-               arms=tuple(n for n in _ALL if n != "freez"),
-               control_arms=("probe", "full", "discr", "freez+discr"))
-FULL = Config(seeds=(0, 1, 2, 3, 4),
-              lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-              arms=_ALL, control_arms=_PRETRAINED)
 
 
 @dataclasses.dataclass

@@ -11,7 +11,10 @@ Per arm (and pretraining source), over the grid of base learning rates:
 - against `full` (uniform fine-tuning), paired by seed: each arm at its best
   rate minus `full` at its best rate, seed by seed (within a seed every arm
   sees the same labelled images, head initialisation and batches), as mean
-  ± std of the differences and the number of seeds the arm wins.
+  ± std of the differences and the number of seeds the arm wins; "within
+  noise" when the 95% interval of the mean difference contains 0 (Student's
+  t, the spread pooled over the arms: `_pool`), i.e. these seeds cannot
+  separate the arm from `full`.
 
 The other measures of `experiment.MEASURES` (retained 10-way accuracy, the
 shifted test sets) get the same mean and std at each base rate, and the same
@@ -52,11 +55,22 @@ TITLES = {"accuracy": "new task", "retained": "retained 10-way",
 KEPT = ("retained",) + tuple(experiment.SHIFTED)
 
 
+# What the tables and the figure say of a paired difference whose interval
+# contains 0.
+WITHIN_NOISE = "within noise"
+NOISE_NOTE = (f"{WITHIN_NOISE}: the 95% interval of the mean paired "
+              "difference contains 0 (Student's t, with the spread of the "
+              "differences pooled over the arms compared with full on that "
+              "measure), so these seeds cannot separate the arm from full")
+
+
 @dataclasses.dataclass
 class Measure:
     """One measure of one arm: per base rate, the value of each seed."""
     scores: list
     vs_full: tuple = None  # (mean, std, wins, seeds) of paired differences
+    differences: list = None  # those differences, seed by seed
+    pooled: tuple = None  # (std, degrees of freedom): see `_pool`
 
     @property
     def means(self):
@@ -65,6 +79,33 @@ class Measure:
     @property
     def stds(self):
         return [_std(s) for s in self.scores]
+
+    @property
+    def interval(self):
+        """The 95% interval of the mean paired difference, or None.
+
+        Student's t, with the pooled spread of `_pool`. None without `full`
+        to compare with or with a single seed (no spread to judge by).
+        """
+        if self.differences is None or self.pooled is None:
+            return None
+        std, dof = self.pooled
+        half = (_t_quantile(0.975, dof) * std
+                / math.sqrt(len(self.differences)))
+        mean = float(np.mean(self.differences))
+        return mean - half, mean + half
+
+    @property
+    def separated(self):
+        """Whether the seeds separate the arm from `full` on this measure.
+
+        True when the interval excludes 0, False when it contains it, None
+        when there is no interval (no `full`, or a single seed).
+        """
+        interval = self.interval
+        if interval is None:
+            return None
+        return not interval[0] <= 0 <= interval[1]
 
 
 @dataclasses.dataclass
@@ -118,8 +159,31 @@ def summarize(results):
         for name, summary in by_arm.items():
             if full is not None and name != "full":
                 _compare(summary, full)
+        _pool(by_arm.values())
         summaries += by_arm.values()
     return summaries
+
+
+def _pool(summaries):
+    """Sets `pooled`: per measure, the std of the paired differences pooled
+    over the arms of `summaries` (one source) compared with `full`.
+
+    Two seeds give each arm one degree of freedom: its own std is a wild
+    guess, and two differences that happen to agree would make any gap look
+    certain. Pooled over the arms, the spread has their degrees of freedom
+    together (the error term of arms x seeds, seeds as blocks).
+    """
+    for name in experiment.MEASURES:
+        measures = [s.measures[name] for s in summaries
+                    if name in s.measures
+                    and s.measures[name].differences is not None]
+        dof = sum(len(m.differences) - 1 for m in measures)
+        if dof == 0:
+            continue
+        variance = sum((len(m.differences) - 1) * _std(m.differences) ** 2
+                       for m in measures if len(m.differences) > 1) / dof
+        for measure in measures:
+            measure.pooled = (math.sqrt(variance), dof)
 
 
 def _compare(summary, full):
@@ -129,6 +193,7 @@ def _compare(summary, full):
              - np.array(full.measures[name].scores[full.best]))
         measure.vs_full = (float(np.mean(d)), _std(d), int(np.sum(d > 0)),
                            len(d))
+        measure.differences = [float(v) for v in d]
 
 
 def _std(values):
@@ -136,12 +201,21 @@ def _std(values):
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def _paired(vs_full):
-    if vs_full is None:
+def _t_quantile(p, dof):
+    """Student's t quantile (scipy comes with scikit-learn, the demo's)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(p, dof))
+
+
+def _paired(measure):
+    """`+0.100 ± 0.100 (2/3)`, and `, within noise` when not separated."""
+    if measure is None or measure.vs_full is None:
         return "-"
-    mean, std, wins, n = vs_full
+    mean, std, wins, n = measure.vs_full
     spread = "" if math.isnan(std) else f" ± {std:.3f}"
-    return f"{mean:+.3f}{spread} ({wins}/{n})"
+    noise = f", {WITHIN_NOISE}" if measure.separated is False else ""
+    return f"{mean:+.3f}{spread} ({wins}/{n}){noise}"
 
 
 def _pm(mean, std):
@@ -196,7 +270,8 @@ def _accuracy_lines(rows, paired):
                 f"{_lr(s.lrs[s.best]):<9} "
                 f"{_pm(s.means[s.worst], s.stds[s.worst]):<17}"
                 f"{_lr(s.lrs[s.worst]):<9}")
-        lines.append((line + (f" {_paired(s.vs_full)}" if paired else ""))
+        lines.append((line + (f" {_paired(s.measures['accuracy'])}"
+                               if paired else ""))
                      .rstrip())
     return lines
 
@@ -207,24 +282,32 @@ def _at_best(summary, name):
     if measure is None:
         return "-", "-"
     best = summary.best
-    return (_pm(measure.means[best], measure.stds[best]),
-            _paired(measure.vs_full))
+    return _pm(measure.means[best], measure.stds[best]), _paired(measure)
 
 
 def _kept_lines(rows, paired):
     """The terminal's table of `KEPT`, at each arm's best rate."""
-    width = 17 + (22 if paired else 0)
+    cells = {s.arm: [_at_best(s, name) for name in KEPT] for s in rows}
+    # As wide as the widest paired cell: `, within noise` is long.
+    vs_width = max([len(vs) + 2 for arm in cells.values() for _, vs in arm]
+                   + [len("- full, paired") + 2])
+    width = 17 + (vs_width if paired else 0)
     lines = [f"{'arm':<12} {'at lr':<7} " + "".join(
         f"{TITLES[name]:<{width}}" for name in KEPT).rstrip()]
     if paired:
         lines.append(f"{'':<20} " + "".join(
-            f"{'':<17}{'- full, paired':<22}" for _ in KEPT).rstrip())
+            f"{'':<17}{'- full, paired':<{vs_width}}" for _ in KEPT).rstrip())
     for s in rows:
-        cells = [_at_best(s, name) for name in KEPT]
         lines.append((f"{s.arm:<12} {_lr(s.lrs[s.best]):<7} " + "".join(
-            f"{value:<17}" + (f"{vs:<22}" if paired else "")
-            for value, vs in cells)).rstrip())
+            f"{value:<17}" + (f"{vs:<{vs_width}}" if paired else "")
+            for value, vs in cells[s.arm])).rstrip())
     return lines
+
+
+def _any_interval(rows):
+    """Whether any paired difference of `rows` has an interval to judge by."""
+    return any(m.interval is not None for s in rows
+               for m in s.measures.values())
 
 
 def _grid_lines(rows, lrs, name):
@@ -254,6 +337,8 @@ def table(results):
                                         "rate, seeds won)" if paired else "")]
         lines += _kept_notes(results, source) + [""]
         lines += _kept_lines(rows, paired)
+        if _any_interval(rows):
+            lines += ["", NOISE_NOTE + "."]
         if len(config.lrs) > 1:
             for name in ("accuracy",) + KEPT:
                 title = "" if name == "accuracy" else f"{TITLES[name]} "
@@ -349,8 +434,10 @@ def markdown(results, command, info=None):
       "is an oracle choice, the same for every arm). Paired: seed by seed, "
       "the arm at its best rate minus `full` at its best rate (within a "
       "seed all arms share the labelled images, the head's initialisation "
-      "and the batches). What fine-tuning kept is measured on the same "
-      "runs, at the same best rates (those of the new task).")
+      "and the batches)"
+      + (f"; {NOISE_NOTE}" if _any_interval(summaries) else "")
+      + ". What fine-tuning kept is measured on the same runs, at the same "
+      "best rates (those of the new task).")
     for source in experiment.sources(config):
         rows = [s for s in summaries if s.source == source]
         w()
@@ -367,8 +454,8 @@ def markdown(results, command, info=None):
     w()
     w("![Accuracy against base learning rate](accuracy_vs_lr.png)")
     w()
-    w("![New-task accuracy against retained and shifted accuracy]"
-      "(forgetting_and_shift.png)")
+    w("![Each arm at its best rate: new-task, retained and shifted "
+      "accuracy, seed by seed, against full](forgetting_and_shift.png)")
     w()
     w("![Effective learning rate per layer](learning_rates.png)")
     return out.getvalue()
@@ -394,7 +481,7 @@ def _markdown_source(w, results, source, rows):
           f"{_lr(s.lrs[s.best])} | "
           f"{_pm(s.means[s.worst], s.stds[s.worst])} | "
           f"{_lr(s.lrs[s.worst])} |"
-          + (f" {_paired(s.vs_full)} |" if paired else ""))
+          + (f" {_paired(s.measures['accuracy'])} |" if paired else ""))
     w()
     w("What fine-tuning kept, at each arm's best rate for the new task"
       + (" (paired: minus `full` at its best rate, seeds won)" if paired
@@ -438,7 +525,7 @@ def _pyplot():
     except ImportError as e:
         raise ImportError(
             "The demo's plots need matplotlib. Install it with "
-            "`pip install keras-difflr[demo]`."
+            "`pip install matplotlib`."
         ) from e
     return plt
 
@@ -446,7 +533,7 @@ def _pyplot():
 def _save(fig, path):
     plt = _pyplot()
     try:
-        _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80),
+        _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100),
                       mode="wb")
     finally:
         plt.close(fig)
@@ -519,75 +606,124 @@ def plot_accuracy(results, path):
     _save(fig, path)
 
 
-_KEPT_LABELS = {  # name -> (column title, x label)
-    "retained": ("Forgetting: the pretraining task",
-                 "retained 10-way accuracy (pretrained head, fine-tuned "
-                 "body)"),
-    "translated": ("A shift pretraining showed (dotted: no loss)",
-                   "accuracy on test images moved one pixel"),
-    "noisy": ("A shift neither showed (dotted: no loss)",
-              f"accuracy on test images with noise (std {data.NOISE_STD:g})"),
+_PANELS = {  # measure -> (column title, x label)
+    "accuracy": ("New task (the rate is picked on it)",
+                 "test accuracy, digit % 3"),
+    "retained": ("Pretraining task kept (forgetting)",
+                 "10-way accuracy,\npretrained head on the fine-tuned body"),
+    "translated": ("A shift pretraining showed",
+                   "new-task accuracy,\ntest images moved one pixel"),
+    "noisy": ("A shift neither showed",
+              f"new-task accuracy,\nnoise of std {data.NOISE_STD:g} on every "
+              "pixel"),
 }
 
 
 def plot_forgetting_and_shift(results, path):
-    """New-task accuracy against each measure of `KEPT`, per arm.
+    """Each arm at its best rate for the new task, on every measure.
 
-    One row per source, one panel per measure. Each arm is a faint path
-    through its base rates and a large marker, with ± std bars, at its best
-    rate for the new task.
+    One row of panels per source, one panel per measure (the new task, then
+    `KEPT`), one line per arm: each seed (open markers, joined by their
+    range) and their mean (filled), against `full`'s mean (dashed). Beside
+    each arm, its paired difference from `full` (`_forest_label`), in grey
+    when the seeds cannot separate the two.
     """
     plt = _pyplot()
     config = results.config
     summaries = summarize(results)
     sources = experiment.sources(config)
-    fig, axes = plt.subplots(len(sources), len(KEPT),
-                             figsize=(5 * len(KEPT), 4.2 * len(sources)),
-                             sharey=True, squeeze=False)
+    names = ("accuracy",) + KEPT
+    rows = [[s for s in summaries if s.source == source] for source in sources]
+    fig, axes = plt.subplots(
+        len(sources), len(names), sharex="col", sharey="row", squeeze=False,
+        figsize=(3.1 * len(names), 0.42 * sum(map(len, rows))
+                 + 1.5 * len(sources) + 0.9),
+        gridspec_kw=dict(height_ratios=[len(r) + 1.5 for r in rows]))
     styles = _arm_styles(plt)
-    for row, source in zip(axes, sources):
-        for ax, name in zip(row, KEPT):
-            _reference_line(ax, results, source, name)
-            for s in (s for s in summaries if s.source == source):
-                if name in s.measures:
-                    _kept_point(ax, s, s.measures[name], styles[s.arm])
-            ax.set_xlabel(_KEPT_LABELS[name][1], fontsize="small")
-            ax.grid(True, alpha=0.3)
-        row[0].set_ylabel(experiment.SOURCE_TITLES[source].split(" (")[0]
-                          + "\nnew-task test accuracy", fontsize="small")
-    for ax, name in zip(axes[0], KEPT):
-        ax.set_title(_KEPT_LABELS[name][0], fontsize="medium")
-    _legend_below(fig, axes.flat)
-    fig.suptitle(f"At each arm's best rate for the new task (large "
-                 f"markers) and along its rates (faint); "
-                 f"{_seeds_title(config)}", fontsize="medium")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    for panels, source, arms in zip(axes, sources, rows):
+        for ax, name in zip(panels, names):
+            _forest_panel(ax, arms, name, styles)
+            if name == "retained":
+                _pretrained_line(ax, _pretrained(results, source))
+        panels[0].set_yticks(range(len(arms)), [s.arm for s in arms])
+        panels[0].set_ylim(len(arms) - 0.5, -0.8)  # first arm on top
+        panels[0].set_ylabel(experiment.SOURCE_TITLES[source].split(" (")[0],
+                             fontsize="small")
+    for ax, name in zip(axes[0], names):
+        ax.set_title(_PANELS[name][0], fontsize="medium")
+    for ax, name in zip(axes[-1], names):
+        ax.set_xlabel(_PANELS[name][1], fontsize="small")
+    fig.suptitle(_forest_title(config), fontsize="medium")
+    fig.tight_layout(w_pad=3.2)
     _save(fig, path)
 
 
-def _reference_line(ax, results, source, name):
-    """The pretrained network's accuracy, or where no accuracy is lost."""
-    if name != "retained":
-        ax.axline((0.5, 0.5), slope=1, color="0.4", linestyle=(0, (1, 3)),
-                  linewidth=1)
-        return
-    pretrained = _pretrained(results, source)
+def _forest_title(config):
+    seeds = len(config.seeds)
+    lines = [f"Each arm at its best base rate for the new task; "
+             f"{config.shots} labels per digit, {seeds} seed"
+             + ("s" if seeds > 1 else ""),
+             "open markers: seeds; filled: their mean; dashed: full's mean. "
+             "Beside each arm: arm - full, paired by seed (seeds won)"]
+    if seeds > 1:
+        lines.append(f"grey, '{WITHIN_NOISE}': the 95% interval of that "
+                     f"difference contains 0; {seeds} seeds cannot separate "
+                     "the arm from full")
+    return "\n".join(lines)
+
+
+def _forest_label(measure):
+    """What the figure writes beside an arm: `(text, separated)`.
+
+    `text` is the paired difference from `full` with the seeds won, and
+    `within noise` when the seeds cannot separate the two; `separated` is
+    `Measure.separated` (None: no interval, i.e. one seed or no `full`).
+    """
+    if measure.vs_full is None:
+        return "", None
+    mean, _, wins, n = measure.vs_full
+    text = f"{mean:+.3f} ({wins}/{n})"
+    if measure.separated is False:
+        text += f"\n{WITHIN_NOISE}"
+    return text, measure.separated
+
+
+def _forest_panel(ax, arms, name, styles):
+    """One measure: a line per arm of `arms`, against `full`'s mean."""
+    full = next((s for s in arms if s.arm == "full"), None)
+    if full is not None and name in full.measures:
+        ax.axvline(full.measures[name].means[full.best],
+                   color=styles["full"][0], linestyle="--", linewidth=1)
+    for y, s in enumerate(arms):
+        measure = s.measures.get(name)
+        if measure is None:
+            ax.annotate("no pretrained body", (0.02, y),
+                        xycoords=("axes fraction", "data"), va="center",
+                        fontsize="x-small", color="0.45")
+            continue
+        color, marker, _ = styles[s.arm]
+        seeds = measure.scores[s.best]
+        ax.plot([min(seeds), max(seeds)], [y, y], color=color, linewidth=1.2,
+                alpha=0.6)
+        ax.scatter(seeds, [y] * len(seeds), marker=marker, s=30,
+                   facecolors="none", edgecolors=color, linewidths=1)
+        ax.scatter([measure.means[s.best]], [y], marker=marker, s=70,
+                   color=color, zorder=3)
+        text, separated = _forest_label(measure)
+        ax.annotate(text, (1, y), xycoords=("axes fraction", "data"),
+                    xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize="small", linespacing=0.9,
+                    color="0.55" if separated is False else "black",
+                    fontweight="bold" if separated else "normal")
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _pretrained_line(ax, pretrained):
+    """The pretrained network's own 10-way accuracy: nothing forgotten."""
     ax.axvline(pretrained, color="0.4", linestyle=(0, (1, 3)), linewidth=1)
-    ax.annotate(f"pretrained network {pretrained:.3f}",
-                (pretrained, 0.02), xycoords=("data", "axes fraction"),
-                xytext=(-3, 0), textcoords="offset points",
-                ha="right", fontsize="x-small", color="0.3")
-
-
-def _kept_point(ax, summary, measure, style):
-    color, marker, line = style
-    best = summary.best
-    ax.plot(measure.means, summary.means, marker=marker, linestyle=line,
-            markersize=3, color=color, alpha=0.3, linewidth=1)
-    ax.errorbar(measure.means[best], summary.means[best],
-                xerr=np.nan_to_num(measure.stds[best]),
-                yerr=np.nan_to_num(summary.stds[best]), marker=marker,
-                markersize=8, capsize=3, color=color, label=summary.arm)
+    ax.annotate(f"pretrained {pretrained:.3f}", (pretrained, -0.65),
+                xytext=(-3, 0), textcoords="offset points", ha="right",
+                va="center", fontsize="x-small", color="0.3")
 
 
 def _rate_states(arm, lr, epochs):
@@ -644,8 +780,8 @@ def plot_learning_rates(config, path, lr=None):
                                             config.epochs)]
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, columns, sharey=True, squeeze=False,
+                             figsize=(3.2 * columns, 2.5 * rows))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     k = 0
@@ -658,24 +794,39 @@ def plot_learning_rates(config, path, lr=None):
                 callback.on_epoch_begin(epoch)
             if epoch not in epochs:
                 continue
-            ax = axes.flat[k]
-            k += 1
-            difflr.plot(model, optimizer, ax=ax)
             last = epochs[epochs.index(epoch) + 1] if epoch != epochs[-1] \
                 else config.epochs
             span = (f"epoch {epoch + 1}" if last == epoch + 1
                     else f"epochs {epoch + 1}-{last}")
-            ax.set_title(f"{name}: {span}" if len(epochs) > 1 else name,
-                         fontsize="medium", pad=16)
-            ax.set_ylim(lr * 0.02, lr * 2)  # the same scale in every panel
-            if ax.get_legend() is not None:
-                ax.get_legend().remove()
-            ax.set_xlabel("variable (conv1, conv2, fc, head)",
-                          fontsize="small")
-    fig.suptitle(f"Effective learning rate per variable at base rate "
-                 f"{_lr(lr)} (x: frozen)", fontsize="medium")
+            _rate_panel(axes.flat[k], model, optimizer, lr,
+                        f"{name}: {span}" if len(epochs) > 1 else name)
+            k += 1
+    for row in axes:
+        row[0].set_ylabel("effective learning rate", fontsize="small")
+    fig.suptitle(f"Effective learning rate of each layer's kernel and bias at "
+                 f"base rate {_lr(lr)} (dashed; x: frozen)", fontsize="medium")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _rate_panel(ax, model, optimizer, lr, title):
+    """`difflr.plot` of one state, its variables named by layer below."""
+    difflr.plot(model, optimizer, ax=ax)
+    for number in list(ax.texts):  # the group numbers: named below instead
+        number.remove()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    ticks, names, start = [], [], 0
+    for group in difflr.groups(model):
+        size = sum(len(layer.trainable_variables) for layer in group)
+        ticks.append(start + (size - 1) / 2)
+        names.append("+".join(layer.name for layer in group))
+        start += size
+    ax.set_xticks(ticks, names)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize="medium")
+    ax.set_ylim(lr * 0.02, lr * 2)  # the same scale in every panel
 
 
 def write_all(results, out_dir, command):

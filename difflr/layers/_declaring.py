@@ -104,6 +104,27 @@ def _owning_lora_factors(keras_enable_lora):
     return enable_lora
 
 
+def _init_with_signature(base, namespace):
+    """`DeclaresMultipliers.__init__` showing `base`'s arguments plus the
+    four multipliers (keyword-only, as it pops them from `**kwargs`), so
+    that `inspect.signature`, `help()` and the API reference see the real
+    arguments instead of `*args, **kwargs`. It is named as a method of the
+    class `namespace` makes (Griffe looks methods up by name)."""
+
+    def __init__(self, *args, **kwargs):
+        DeclaresMultipliers.__init__(self, *args, **kwargs)
+
+    params = list(inspect.signature(base.__init__).parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD),
+              len(params))
+    ours = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+            for name in _ARGS]
+    __init__.__signature__ = inspect.Signature(params[:at] + ours + params[at:])
+    __init__.__module__ = namespace["__module__"]
+    __init__.__qualname__ = f"{namespace['__qualname__']}.__init__"
+    return __init__
+
+
 def declaring(base, kernel_words="kernel"):
     """The `difflr.layers` counterpart of the Keras layer class `base`."""
     name = base.__name__
@@ -116,6 +137,7 @@ def declaring(base, kernel_words="kernel"):
         # Only where Keras has it, so that `hasattr(layer, "enable_lora")`
         # stays what it is for the Keras layer.
         namespace["enable_lora"] = _owning_lora_factors(base.enable_lora)
+    namespace["__init__"] = _init_with_signature(base, namespace)
     cls = type(name, (DeclaresMultipliers, base), namespace)
     return keras.saving.register_keras_serializable(package="difflr")(cls)
 
@@ -123,7 +145,8 @@ def declaring(base, kernel_words="kernel"):
 _DOC = """`keras.layers.{name}` with its own learning-rate multipliers.
 
     A drop-in subclass of `keras.layers.{name}`: it takes every argument of
-    that layer, plus the four below. An `difflr.LRMultiplier` optimizer picks
+    that layer, plus the four keyword arguments below (all four default to
+    `None`: no declaration). A `difflr.LRMultiplier` optimizer picks
     the values up with no rule map; an explicit rule given to the optimizer
     wins over them. With any other optimizer they have no effect, and the
     layer warns when it trains.
@@ -136,16 +159,17 @@ _DOC = """`keras.layers.{name}` with its own learning-rate multipliers.
     multipliers.
 
     Args:
-        kernel_lr_multiplier: Optional non-negative float: the learning-rate
-            multiplier of the {kernel}. `W_learning_rate_multiplier` is
-            accepted as an alias (the Keras 2 article's name).
-        bias_lr_multiplier: Optional non-negative float: the learning-rate
-            multiplier of the bias (alias `b_learning_rate_multiplier`).
-        kernel_decay_multiplier: Optional non-negative float: the weight-decay
-            multiplier of the {kernel} (Caffe's `decay_mult`).
-        bias_decay_multiplier: Optional non-negative float: the weight-decay
-            multiplier of the bias.
-        **kwargs: The arguments of `keras.layers.{name}`.
+        kernel_lr_multiplier (float | None): The learning-rate multiplier of
+            the {kernel}, a non-negative number. `W_learning_rate_multiplier`
+            is accepted as an alias (the Keras 2 article's name).
+        bias_lr_multiplier (float | None): The learning-rate multiplier of the
+            bias, a non-negative number (alias `b_learning_rate_multiplier`).
+        kernel_decay_multiplier (float | None): The weight-decay multiplier of
+            the {kernel}, a non-negative number (Caffe's `decay_mult`).
+        bias_decay_multiplier (float | None): The weight-decay multiplier of
+            the bias, a non-negative number.
+        **kwargs (Any): The arguments every Keras layer takes (`name`,
+            `dtype`, `trainable`, ...), as for `keras.layers.{name}`.
 
     Example:
 

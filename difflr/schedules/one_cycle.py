@@ -38,14 +38,15 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     the same curve scaled to its own `lr_max`.
 
     Args:
-        max_lr: The peak learning rate, a positive number.
-        total_steps: The number of optimizer steps in the cycle (epochs times
-            steps per epoch), a positive integer.
-        pct_start: The fraction of the steps spent rising, in `[0, 1)`.
+        max_lr (float): The peak learning rate, a positive number.
+        total_steps (int): The number of optimizer steps in the cycle (epochs
+            times steps per epoch), a positive integer.
+        pct_start (float): The fraction of the steps spent rising, in `[0, 1)`.
             Defaults to `0.25` (fastai's `fit_one_cycle`).
-        div: The starting rate is `max_lr / div`. Defaults to `25.0`.
-        div_final: The final rate is `max_lr / div_final`. Defaults to `1e5`.
-        name: Optional name. Defaults to `"OneCycle"`.
+        div (float): The starting rate is `max_lr / div`. Defaults to `25.0`.
+        div_final (float): The final rate is `max_lr / div_final`. Defaults to
+            `1e5`.
+        name (str): Optional name. Defaults to `"OneCycle"`.
 
     Raises:
         ValueError, TypeError: if an argument is out of range or not a number.

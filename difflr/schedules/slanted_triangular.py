@@ -31,14 +31,14 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
     triangular learning rates with discriminative fine-tuning, as in ULMFiT.
 
     Args:
-        max_lr: The peak learning rate, a positive number.
-        total_steps: `T`, the number of optimizer steps (epochs times steps
-            per epoch), a positive integer with `T * cut_frac >= 1`.
-        cut_frac: The fraction of the steps spent rising, in `(0, 1)`.
+        max_lr (float): The peak learning rate, a positive number.
+        total_steps (int): `T`, the number of optimizer steps (epochs times
+            steps per epoch), a positive integer with `T * cut_frac >= 1`.
+        cut_frac (float): The fraction of the steps spent rising, in `(0, 1)`.
             Defaults to `0.1` (the paper's).
-        ratio: How much smaller the lowest rate is than `max_lr`, at least 1.
-            Defaults to `32` (the paper's).
-        name: Optional name. Defaults to `"SlantedTriangular"`.
+        ratio (float): How much smaller the lowest rate is than `max_lr`, at
+            least 1. Defaults to `32` (the paper's).
+        name (str): Optional name. Defaults to `"SlantedTriangular"`.
 
     Raises:
         ValueError, TypeError: if an argument is out of range or not a number,

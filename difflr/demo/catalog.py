@@ -1,0 +1,64 @@
+"""What the demo can run, without Keras: the arms as the command line names
+and describes them, and the two presets.
+
+`python -m difflr demo --help` lists these before anything imports Keras
+(a backend takes seconds to import); `arms` gives each arm its plan, and
+`experiment` runs a `Config`.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmInfo:
+    name: str  # the id on the command line
+    ulmfit_row: str  # the row of ULMFiT's Table 7 it mirrors
+    pretrained: bool  # starts from the pretrained body
+    description: str
+
+
+# In the order the tables and plots show them.
+ARMS = (
+    ArmInfo("scratch", "From scratch", False,
+            "random body, every layer at the base rate"),
+    ArmInfo("probe", "Last", True,
+            "linear probe: body frozen (multiplier 0), head only"),
+    ArmInfo("full", "Full", True,
+            "uniform fine-tuning: every layer at the base rate"),
+    ArmInfo("discr", "Full + discr", True,
+            "discriminative: group i of n at 2.6 ** -(n - 1 - i)"),
+    ArmInfo("body0.1", "(fastai slice(lr))", True,
+            "body at x0.1, head at the base rate"),
+    ArmInfo("probe+discr", "(LP-FT)", True,
+            "head only for half the epochs, then discriminative"),
+    ArmInfo("freez", "Freez", True,
+            "gradual unfreezing, one group per epoch from the top"),
+    ArmInfo("freez+discr", "Freez + discr", True,
+            "gradual unfreezing with discriminative rates"),
+)
+NAMES = tuple(arm.name for arm in ARMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seeds: tuple
+    lrs: tuple
+    arms: tuple  # names in `ARMS`
+    control_arms: tuple  # pretrained arms to run on the control too
+    shots: int = 5  # labelled images per digit for fine-tuning
+    epochs: int = 6  # fine-tuning epochs
+    repeats: int = 4  # passes over the labelled images per epoch
+    batch_size: int = 25
+    pretrain_epochs: int = 10  # over the five shifted copies
+
+
+# Under a minute on two cores, by backend (docs/demo.md has the timings):
+# every arm but plain gradual unfreezing, and the control for the four arms
+# that tell its story.
+QUICK = Config(seeds=(0, 1), lrs=(1e-3, 1e-2, 1e-1),
+               arms=tuple(n for n in NAMES if n != "freez"),
+               control_arms=("probe", "full", "discr", "freez+discr"))
+FULL = Config(seeds=(0, 1, 2, 3, 4),
+              lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+              arms=NAMES,
+              control_arms=tuple(arm.name for arm in ARMS if arm.pretrained))
