@@ -165,21 +165,24 @@ def build_mirrored(names, build):
 AGAIN = "plain, again"
 
 
-def summarize(times, baseline="plain"):
+def summarize(times, baseline="plain", again=None):
     """Median ms per step of each variant, and the median over rounds of its
     ratio to the baseline in the same round (paired, so slow spells of the
     machine cancel out).
 
-    With a second plain variant (`AGAIN`) among `times`, the baseline of a
-    round is the geometric mean of both plain variants' times, and `AGAIN`'s
-    own ratio is to the first: the A/A ratio, which measures no change.
+    With a second baseline variant among `times` (`again`, by default
+    `AGAIN` for the baseline "plain"), the baseline of a round is the
+    geometric mean of both baseline variants' times, and `again`'s own ratio
+    is to the first: the A/A ratio, which measures no change.
     """
+    if again is None and baseline == "plain":
+        again = AGAIN
     base = times[baseline]
-    if baseline == "plain" and AGAIN in times:
-        base = [math.sqrt(a * b) for a, b in zip(base, times[AGAIN])]
+    if again in times:
+        base = [math.sqrt(a * b) for a, b in zip(base, times[again])]
     out = {}
     for name, values in times.items():
-        reference = times[baseline] if name == AGAIN else base
+        reference = times[baseline] if name == again else base
         pairs = [v / b for v, b in zip(values, reference)]
         out[name] = {"ms": statistics.median(values), "ratio": statistics.median(pairs),
                      "rounds": values}

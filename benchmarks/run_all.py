@@ -27,6 +27,7 @@ import first_call  # noqa: E402
 import memory  # noqa: E402
 import op_counts  # noqa: E402
 import scaling  # noqa: E402
+import scheduled  # noqa: E402
 import set_multipliers  # noqa: E402
 import step_time  # noqa: E402
 import tf_split  # noqa: E402
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "torch_native": torch_native,
     "tf_split": tf_split,
     "set_multipliers": set_multipliers,
+    "scheduled": scheduled,
     "first_call": first_call,
 }
 
@@ -258,6 +260,10 @@ def render(results, image):
         "\n## `set_multipliers` during training\n",
         "`python benchmarks/set_multipliers.py`\n",
         _report("set_multipliers", results),
+        "\n## Multipliers that follow a schedule\n",
+        SCHEDULED,
+        "`python benchmarks/scheduled.py`\n",
+        _report("scheduled", results),
         "\n## The first `fit` call: build, trace, compile\n",
         FIRST_CALL,
         "`python benchmarks/first_call.py`\n",
@@ -292,6 +298,17 @@ def _report(name, results):
                  f"after: {loads}.\n")
     return text
 
+
+SCHEDULED = """The steady step when groups follow schedules of their own
+([Schedules as multipliers](rules.md#schedules-as-multipliers)): the same 25
+groups with constant multipliers, with 4 of them on a schedule each, and with
+all 25 on a schedule each. Each distinct schedule is evaluated once per step
+and spread over its variables by an index vector; on torch, while a schedule
+is in force, the update reads the multipliers from tensors instead of a plan
+made on the host. The baseline is difflr with the constant multipliers, run
+as two variants (the A/A column is the noise floor); "constant / plain" puts
+it against the plain optimizer, for scale.
+"""
 
 FIRST_CALL = """The steady step is not all a user waits for: the first `fit` call builds
 the optimizer, traces the step and compiles it. The benchmark times that first

@@ -3,16 +3,21 @@
 Both read one table (`difflr/_table.py`), a row per trainable variable in
 group order (bottom to head), with
 
-    effective learning rate = base rate now * multiplier
+    effective learning rate = base rate now * multiplier now
 
 where the base rate is `optimizer.learning_rate` (a schedule evaluated at the
-current `iterations`). An optimizer that is not built yet is previewed: its
+current `iterations`), and so is a multiplier that follows a schedule. An
+optimizer that is not built yet is previewed: its
 rules are resolved against the model's trainable variables exactly as
 `fit` will resolve them, and nothing is built or changed.
 """
 
+import numbers
+
 import numpy as np
 
+from difflr import _checks
+from difflr import _scheduled
 from difflr import _table
 
 
@@ -25,13 +30,18 @@ def summary(model, optimizer=None, expand=False, print_fn=None, groups=None):
 
         effective_lr = learning_rate(step) * m
 
-    at the optimizer's current step. A layer whose variables have different
-    values lists them in variable order (`"1 / 2"`: kernel at 1, bias at 2).
+    at the optimizer's current step. A multiplier that follows a schedule
+    (`keras.optimizers.schedules.LearningRateSchedule`) shows its value at
+    that step and the schedule's class (`"0.25 (CosineDecay)"`);
+    `difflr.plot(model, steps=n)` draws it over the steps. A layer whose
+    variables have different values lists them in variable order (`"1 / 2"`:
+    kernel at 1, bias at 2).
     With `expand=True` there is a row per variable instead, with the rule
     that decided each value (`"layer 'body' (Sequential)"`, `"rule
     'head/.*'"`, `"default"`, ...), which is what to read when a rule map
     does not do what you meant. Each group ends with its totals (variables,
-    parameters, and how many are frozen, i.e. at multiplier 0).
+    parameters, and how many are frozen, i.e. at a constant multiplier of 0:
+    a schedule at 0 at this step is not counted, since it moves at others).
 
     If the optimizer is not built yet (before `fit`), its rules are resolved
     for the model's trainable variables exactly as `fit` will resolve them,
@@ -43,16 +53,19 @@ def summary(model, optimizer=None, expand=False, print_fn=None, groups=None):
     gives single values programmatically.
 
     Args:
-        model: A built Keras model (or layer).
-        optimizer: The `difflr.LRMultiplier` to inspect, possibly wrapped in
-            a `LossScaleOptimizer`. Defaults to `model.optimizer`.
-        expand: Whether to show one row per variable, with the deciding
+        model (keras.Model | keras.layers.Layer): A built Keras model (or
+            layer).
+        optimizer (difflr.LRMultiplier | None): The `difflr.LRMultiplier` to
+            inspect, possibly wrapped in a `LossScaleOptimizer`. Defaults to
+            `model.optimizer`.
+        expand (bool): Whether to show one row per variable, with the deciding
             rules, instead of one per layer.
-        print_fn: Function called with each line of the table. Defaults to
-            `print`.
-        groups: The groups, bottom to head: a list whose items are lists of
-            layers (or single layers). Must cover every trainable variable
-            of the model exactly once. Defaults to `difflr.groups(model)`.
+        print_fn (Callable[[str], Any] | None): Function called with each line
+            of the table. Defaults to `print`.
+        groups (list | None): The groups, bottom to head: a list whose items
+            are lists of layers (or single layers). Must cover every trainable
+            variable of the model exactly once. Defaults to
+            `difflr.groups(model)`.
 
     Raises:
         TypeError: if the optimizer is not a `difflr.LRMultiplier`.
@@ -96,39 +109,63 @@ def summary(model, optimizer=None, expand=False, print_fn=None, groups=None):
         print_fn(line)
 
 
-def plot(model, optimizer=None, ax=None, groups=None):
-    """Plots the effective learning rate by depth, bottom to head.
+def plot(model, optimizer=None, ax=None, groups=None, steps=None):
+    """Plots the effective learning rate by depth, or by step.
 
-    One point per trainable variable, in group order (bottom to head) and
-    within a layer in variable order, at its effective learning rate
+    By depth (the default): one point per trainable variable, in group
+    order (bottom to head) and within a layer in variable order, at its
+    effective learning rate at the optimizer's current step
 
-        effective_lr = learning_rate(step) * m
+        effective_lr = learning_rate(step) * m(step)
 
     on a log scale, with the base rate as a dashed line, every other group
-    shaded and the groups numbered along the top, and frozen variables (`m = 0`, which a log scale
-    cannot show) marked with an `x` along the bottom. An optimizer that is
-    not built yet is previewed, as by `difflr.summary`.
+    shaded and the groups numbered along the top, and variables at `m = 0`
+    (which a log scale cannot show) marked with an `x` along the bottom:
+    red where frozen, orange where a schedule is at 0 at this step. A
+    multiplier that follows a schedule is circled.
 
-    Needs matplotlib, an optional dependency: `pip install keras-difflr[demo]`
-    (or `pip install matplotlib`).
+    By step (`steps=`): one line per group, the effective learning rate it
+    trains at over the steps given (the base rate's schedule times each
+    multiplier's): how a warm-up or a smooth unfreezing will run before
+    `fit`. A group whose variables follow different curves gets a line for
+    each, labelled with the first variable's path. A float base rate is
+    held at its current value; so is a schedule of the base rate that
+    cannot be rebuilt from its config (a custom one not registered as
+    serializable). Steps where a rate is 0 are gaps on the log scale.
+
+    An optimizer that is not built yet is previewed, as by `difflr.summary`.
+
+    Needs matplotlib, an optional dependency: `pip install matplotlib`.
 
     Args:
-        model: A built Keras model (or layer).
-        optimizer: The `difflr.LRMultiplier` to inspect, possibly wrapped in
-            a `LossScaleOptimizer`. Defaults to `model.optimizer`.
-        ax: Optional matplotlib `Axes` to draw into. Defaults to a new figure
-            from `matplotlib.pyplot.subplots()`.
-        groups: The groups, bottom to head, as for `difflr.summary`.
-            Defaults to `difflr.groups(model)`.
+        model (keras.Model | keras.layers.Layer): A built Keras model (or
+            layer).
+        optimizer (difflr.LRMultiplier | None): The `difflr.LRMultiplier` to
+            inspect, possibly wrapped in a `LossScaleOptimizer`. Defaults to
+            `model.optimizer`.
+        ax (matplotlib.axes.Axes | None): Optional matplotlib `Axes` to draw
+            into. Defaults to a new figure from `matplotlib.pyplot.subplots()`.
+        groups (list | None): The groups, bottom to head, as for
+            `difflr.summary`. Defaults to `difflr.groups(model)`.
+        steps (int | Sequence[int] | None): Optional steps to plot the rates
+            over instead of the depth: an integer `n` for the steps `0` to
+            `n - 1` (the plan of a run of `n` steps), or increasing steps
+            >= 0 such as `range(0, 5000, 10)`. Defaults to None (by depth,
+            at the current step).
 
     Returns:
-        The matplotlib `Figure` drawn into. The line labelled `"effective
-        learning rate"` holds the data: x is the variable index, y the
-        effective rate (NaN where frozen).
+        matplotlib.figure.Figure: The `Figure` drawn into. By depth, the
+        line labelled `"effective learning rate"` holds the data: x is the
+        variable index, y the effective rate (NaN at 0). By step, each
+        group's line is labelled `"group <g>"` (with `": <path>"` where the
+        group has several curves, and the schedule's class in parentheses):
+        x is the step, y the effective rate there.
 
     Raises:
         ImportError: if matplotlib is not installed.
-        TypeError, ValueError: as `difflr.summary`.
+        TypeError, ValueError: as `difflr.summary`, or if `steps` is not an
+            integer >= 1 or a non-empty increasing sequence of integers
+            >= 0.
 
     Example:
 
@@ -141,44 +178,77 @@ def plot(model, optimizer=None, ax=None, groups=None):
     >>> opt = difflr.LRMultiplier(keras.optimizers.SGD(0.01), {body: 0.1})
     >>> fig = difflr.plot(model, opt)
     >>> fig.savefig("learning_rates.png")
+    >>> # The body warms up to 0.1 from step 100 to 150: the plan, by step.
+    >>> opt = difflr.LRMultiplier(keras.optimizers.SGD(0.01), {
+    ...     body: difflr.schedules.Ramp(start=100, steps=50, value=0.1)})
+    >>> fig = difflr.plot(model, opt, steps=200)
+    >>> fig.savefig("learning_rates_by_step.png")
     """
     try:
         import matplotlib.pyplot as plt
-        from matplotlib import ticker
-        from matplotlib import transforms
     except ImportError as e:
         raise ImportError(
             "difflr.plot needs matplotlib, an optional dependency of "
-            "keras-difflr. Install it with `pip install keras-difflr[demo]` "
-            "(or `pip install matplotlib`)."
+            "keras-difflr. Install it with `pip install matplotlib`."
         ) from e
+    steps = None if steps is None else _checked_steps(steps)
     table = _table.table(model, optimizer, groups, "difflr.plot", sources=False)
-    rows = table["rows"]
     if ax is None:
-        _, ax = plt.subplots(figsize=(min(12.0, 4 + 0.08 * len(rows)), 4))
+        width = 4 + 0.08 * len(table["rows"]) if steps is None else 8
+        _, ax = plt.subplots(figsize=(min(12.0, width), 4))
+    if steps is None:
+        _plot_by_depth(ax, table)
+    else:
+        _plot_by_step(ax, table, steps)
+    ax.legend(loc="best", fontsize="small")
+    return ax.figure
+
+
+def _checked_steps(steps):
+    """`steps` as a 1-d int64 array, or raises."""
+    who = "difflr.plot"
+    if isinstance(steps, (bool, str, bytes)) or not (
+            isinstance(steps, numbers.Integral) or hasattr(steps, "__iter__")):
+        raise TypeError(
+            f"{who}: `steps` must be an integer (the steps 0 to n - 1) or a "
+            f"sequence of steps; received {steps!r} of type "
+            f"{type(steps).__name__}.")
+    if isinstance(steps, numbers.Integral):
+        return np.arange(_checks.integer(steps, "steps", who, minimum=1))
+    values = [_checks.integer(t, "each entry of steps", who) for t in steps]
+    if not values or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(
+            f"{who}: `steps` must be a non-empty increasing sequence of "
+            f"steps, such as `range(0, 5000, 10)`; received {values[:8]!r}"
+            f"{' ...' if len(values) > 8 else ''}.")
+    return np.array(values, "int64")
+
+
+def _plot_by_depth(ax, table):
+    from matplotlib import ticker
+    from matplotlib import transforms
+
+    rows = table["rows"]
     x = np.arange(len(rows))
     rates = np.array([r["effective_lr"] for r in rows], dtype="float64")
-    frozen = rates == 0
+    scheduled = np.array([r["schedule"] is not None for r in rows], dtype=bool)
+    zero = rates == 0
     below = transforms.blended_transform_factory(ax.transData, ax.transAxes)
-
-    by_group = _split_by_group(rows)
-    label_every = -(-len(by_group) // 24)  # numbers on top stay legible
-    start = 0
-    for g, group_rows in enumerate(by_group):
-        end = start + len(group_rows)
-        if g % 2 == 0:
-            ax.axvspan(start - 0.5, end - 0.5, color="tab:gray", alpha=0.12,
-                       linewidth=0)
-        if g % label_every == 0:
-            ax.text((start + end - 1) / 2, 1.01, str(g), transform=below,
-                    ha="center", va="bottom", fontsize="small")
-        start = end
-    ax.plot(x, np.where(frozen, np.nan, rates), "o-", color="tab:blue",
+    _shade_groups(ax, rows, below)
+    ax.plot(x, np.where(zero, np.nan, rates), "o-", color="tab:blue",
             markersize=3, drawstyle="steps-mid",
             label="effective learning rate")
-    if frozen.any():
-        ax.plot(x[frozen], np.full(int(frozen.sum()), 0.03), "x",
-                color="tab:red", transform=below, label="frozen (multiplier 0)")
+    if (scheduled & ~zero).any():
+        ax.plot(x[scheduled & ~zero], rates[scheduled & ~zero], "o",
+                markerfacecolor="none", markeredgecolor="tab:orange",
+                markersize=7, label=f"follows a schedule (value at step "
+                f"{table['step']})")
+    for where, color, label in ((zero & ~scheduled, "tab:red", "frozen (multiplier 0)"),
+                                (zero & scheduled, "tab:orange",
+                                 "schedule at 0 at this step")):
+        if where.any():
+            ax.plot(x[where], np.full(int(where.sum()), 0.03), "x", color=color,
+                    transform=below, label=label)
     if table["base"] > 0:
         ax.axhline(table["base"], color="black", linestyle="--", linewidth=1,
                    label=f"base rate {table['base']:.4g}")
@@ -191,8 +261,48 @@ def plot(model, optimizer=None, ax=None, groups=None):
     ax.set_ylabel("effective learning rate")
     ax.set_title(f"{table['model']}: effective learning rate at step "
                  f"{table['step']}", pad=18)
-    ax.legend(loc="best", fontsize="small")
-    return ax.figure
+
+
+def _shade_groups(ax, rows, below):
+    """Every other group shaded, the groups numbered along the top."""
+    by_group = _split_by_group(rows)
+    label_every = -(-len(by_group) // 24)  # numbers on top stay legible
+    start = 0
+    for g, group_rows in enumerate(by_group):
+        end = start + len(group_rows)
+        if g % 2 == 0:
+            ax.axvspan(start - 0.5, end - 0.5, color="tab:gray", alpha=0.12,
+                       linewidth=0)
+        if g % label_every == 0:
+            ax.text((start + end - 1) / 2, 1.01, str(g), transform=below,
+                    ha="center", va="bottom", fontsize="small")
+        start = end
+
+
+def _plot_by_step(ax, table, steps):
+    schedule = _table.base_rate_schedule(table["optimizer"])
+    base = _table.curve(table["base"] if schedule is None else schedule, steps)
+    any_positive = False
+    for g, rows in enumerate(_split_by_group(table["rows"])):
+        curves = _table.distinct_curves(rows)
+        for row in curves:
+            rates = base * _table.curve(_table.in_force(row), steps)
+            any_positive = any_positive or bool((rates > 0).any())
+            label = f"group {g}"
+            if len(curves) > 1:
+                label += f": {row['variable'].path}"
+            if row["schedule"] is not None:
+                label += f" ({_scheduled.describe(row['schedule'])})"
+            ax.plot(steps, rates, "-", label=label)
+    ax.plot(steps, base, "--", color="black", linewidth=1, label="base rate")
+    if steps[0] <= table["step"] <= steps[-1]:
+        ax.axvline(table["step"], color="tab:gray", linestyle=":", linewidth=1,
+                   label=f"now (step {table['step']})")
+    if any_positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (iterations)")
+    ax.set_ylabel("effective learning rate")
+    ax.set_title(f"{table['model']}: effective learning rate by step")
 
 
 # Text layout.
@@ -202,12 +312,22 @@ def _num(x):
     return f"{x:.4g}"
 
 
-def _values(values):
-    """Distinct values in order of appearance: "0.1", "1 / 2", "0.1 .. 2 (4)"."""
-    distinct = list(dict.fromkeys(values))
-    if len(distinct) <= 3:
-        return " / ".join(_num(x) for x in distinct)
-    return f"{_num(min(distinct))} .. {_num(max(distinct))} ({len(distinct)} values)"
+def _cell(value, schedule=None):
+    """A value at the step, and the class of the schedule it follows:
+    "0.25 (CosineDecay)"."""
+    return _num(value) + ("" if schedule is None
+                          else f" ({_scheduled.describe(schedule)})")
+
+
+def _values(values, schedules=None):
+    """Distinct values in order of appearance: "0.1", "1 / 2", "0.1 .. 2 (4
+    values)", each with the schedule it follows, if any."""
+    schedules = schedules or [None] * len(values)
+    cells = list(dict.fromkeys(_cell(v, s) for v, s in zip(values, schedules)))
+    if len(cells) <= 3:
+        return " / ".join(cells)
+    some = ", some scheduled" if any(s is not None for s in schedules) else ""
+    return f"{_num(min(values))} .. {_num(max(values))} ({len(cells)} values{some})"
 
 
 def _split_by_group(rows):
@@ -229,7 +349,8 @@ def _split_by_layer(rows):
 
 
 def _totals(rows):
-    frozen = [r for r in rows if r["multiplier"] == 0]
+    # A schedule at 0 at this step is not frozen: it moves at others.
+    frozen = [r for r in rows if r["multiplier"] == 0 and r["schedule"] is None]
     return (f"{len(rows)} variables, {sum(r['params'] for r in rows):,} "
             f"params; frozen: {len(frozen)} variables, "
             f"{sum(r['params'] for r in frozen):,} params")
@@ -260,22 +381,28 @@ def _format(table, expand):
             for r in rows:
                 cells.append([
                     str(g), r["variable"].path, str(tuple(r["variable"].shape)),
-                    f"{r['params']:,}", _num(r["multiplier"]),
-                    _num(r["decay_multiplier"]), _num(r["effective_lr"]),
+                    f"{r['params']:,}", _cell(r["multiplier"], r["schedule"]),
+                    _cell(r["decay_multiplier"], r["decay_schedule"]),
+                    _num(r["effective_lr"]),
                     r["lr_rule"], r["decay_rule"],
                 ])
         else:
             for layer_rows in _split_by_layer(rows):
                 layer = layer_rows[0]["layer"]
-                column = lambda key: _values([r[key] for r in layer_rows])
+                column = lambda key, by=None: _values(
+                    [r[key] for r in layer_rows],
+                    by and [r[by] for r in layer_rows])
                 row = [
                     str(g), f"{layer.name} ({type(layer).__name__})",
                     f"{sum(r['params'] for r in layer_rows):,}",
-                    column("multiplier"), column("decay_multiplier"),
+                    column("multiplier", "schedule"),
+                    column("decay_multiplier", "decay_schedule"),
                     column("effective_lr"),
                 ]
-                mixed = mixed or len({(r["multiplier"], r["decay_multiplier"])
-                                      for r in layer_rows}) > 1
+                mixed = mixed or len({
+                    (_cell(r["multiplier"], r["schedule"]),
+                     _cell(r["decay_multiplier"], r["decay_schedule"]))
+                    for r in layer_rows}) > 1
                 cells.append(row)
         blocks.append((cells, f"group {g}: {_totals(rows)}"))
 
@@ -297,4 +424,9 @@ def _format(table, expand):
     if mixed:
         lines.append("Several values: in variable order; expand=True "
                      "shows each variable and its rule.")
+    if any(r["schedule"] is not None or r["decay_schedule"] is not None
+           for r in table["rows"]):
+        lines.append(f"Schedules (class in parentheses): values at step "
+                     f"{table['step']}; `difflr.plot(model, steps=n)` draws "
+                     "the rates over n steps.")
     return lines

@@ -2,12 +2,14 @@
 
 import dataclasses
 import math
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
 from difflr import _checks
+from difflr import _keras_compat
 from difflr.lr_multiplier import find_lr_multiplier
 
 _WHO = "difflr.lr_find"
@@ -26,27 +28,27 @@ class LRFindResult:
     """What `difflr.lr_find` measured, and the rates it suggests.
 
     Attributes:
-        learning_rates: The base learning rate of each step run, a list of
-            floats: `start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))`
-            for step `i`. Each variable trained at this rate times its
-            multiplier.
-        losses: The smoothed training loss after each step (fastai's
-            debiased exponential moving average), a list of floats.
-        raw_losses: The training loss of each step's batch, a list of floats.
-        suggestions: A dict from `"valley"`, `"steep"` and `"minimum"` to the
-            base rate each of fastai's rules suggests (a float), or to `None`
-            when the sweep ran too few steps to judge (see `difflr.lr_find`).
-        suggestion_points: A dict from the same names to the `(learning
-            rate, smoothed loss)` point each rule picked on the curve, as
-            fastai's rules return it: for `minimum`, the lowest point itself,
-            ten times the suggested rate. Empty when the suggestions are
-            `None`.
-        stopped_early: Whether the sweep stopped before `num_steps` because
-            the smoothed loss diverged (above 4 times its minimum, or NaN).
-            False when all `num_steps` ran, even if the last one diverged,
-            and when a user callback stopped training (then the repr says
-            so).
-        num_steps: The number of steps asked for.
+        learning_rates (list[float]): The base learning rate of each step run:
+            `start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))` for step
+            `i`. Each variable trained at this rate times its multiplier.
+        losses (list[float]): The smoothed training loss after each step
+            (fastai's debiased exponential moving average).
+        raw_losses (list[float]): The training loss of each step's batch.
+        suggestions (dict[str, float | None]): A dict from `"valley"`,
+            `"steep"` and `"minimum"` to the base rate each of fastai's rules
+            suggests (a float), or to `None` when the sweep ran too few steps
+            to judge (see `difflr.lr_find`).
+        suggestion_points (dict[str, tuple[float, float]]): A dict from the
+            same names to the `(learning rate, smoothed loss)` point each rule
+            picked on the curve, as fastai's rules return it: for `minimum`,
+            the lowest point itself, ten times the suggested rate. Empty when
+            the suggestions are `None`.
+        stopped_early (bool): Whether the sweep stopped before `num_steps`
+            because the smoothed loss diverged (above 4 times its minimum, or
+            NaN). False when all `num_steps` ran, even if the last one
+            diverged, and when a user callback stopped training (then the repr
+            says so).
+        num_steps (int): The number of steps asked for.
     """
 
     learning_rates: list
@@ -82,13 +84,13 @@ class LRFindResult:
         loss, if the rate is below the sweep's).
 
         Args:
-            ax: Optional matplotlib `Axes` to draw on. Defaults to a new
-                figure.
-            skip_end: Number of last steps not to draw, an integer >= 0.
+            ax (matplotlib.axes.Axes | None): Optional matplotlib `Axes` to
+                draw on. Defaults to a new figure.
+            skip_end (int): Number of last steps not to draw, an integer >= 0.
                 Defaults to 5.
 
         Returns:
-            The matplotlib `Axes`.
+            matplotlib.axes.Axes: The `Axes` drawn on.
         """
         import matplotlib.pyplot as plt
 
@@ -134,7 +136,14 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     (step `i` from 0; the last step runs at exactly `end_lr`, where fastai's
     last step runs one step short of it), every variable at `lr_i` times
     its multiplier: each group keeps its ratio to the others, and frozen
-    variables (multiplier 0) stay frozen. It records the loss of each step's
+    variables (multiplier 0) stay frozen. A multiplier that follows a
+    schedule is held at its value at the sweep's first step (the
+    optimizer's current `iterations`) for the whole sweep, as if it were
+    that constant: the sweep measures the base rate with the ratios of that
+    step, which the schedules would otherwise move under it (a group whose
+    schedule is 0 there, say a body before its warm-up, does not train in
+    the sweep; to sweep with the ratios of another step, `set_multipliers`
+    them as constants first). It records the loss of each step's
     batch and smooths it as fastai does, a debiased exponential moving
     average:
 
@@ -145,8 +154,8 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     above 4 times the lowest so far (fastai's rule) or is NaN. Then it puts
     everything back exactly as it was: the model's variables (weights,
     normalization statistics, random seed states), every optimizer variable
-    (slots, `iterations`, the multipliers, a loss scale) and the learning
-    rate, a float or a `LearningRateSchedule`.
+    (slots, `iterations`, the multipliers and the schedules they follow, a
+    loss scale) and the learning rate, a float or a `LearningRateSchedule`.
 
     The suggestions are fastai's rules, applied as fastai applies them to
     the smoothed losses of the steps from `num_steps // 10` to the sixth
@@ -191,27 +200,29 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     states are restored.
 
     Args:
-        model: A built Keras model compiled with a `difflr.LRMultiplier`.
-        x: Input data, as for `model.fit`.
-        y: Target data, as for `model.fit`.
-        start_lr: The first base rate, a number > 0. Defaults to 1e-7.
-        end_lr: The last base rate, a number > `start_lr`. Defaults to 10.
-        num_steps: The number of steps, an integer >= 2. Defaults to 100.
-        stop_div: Whether to stop when the smoothed loss diverges. Defaults
-            to True.
-        beta: The smoothing factor, in `[0, 1)` (0: no smoothing). Defaults
-            to 0.98, fastai's.
-        batch_size: As for `model.fit`.
-        verbose: 0 for silence, 1 for a progress bar of the sweep (with
+        model (keras.Model): A built Keras model compiled with a
+            `difflr.LRMultiplier`.
+        x (Any): Input data, as for `model.fit`.
+        y (Any): Target data, as for `model.fit`.
+        start_lr (float): The first base rate, a number > 0. Defaults to 1e-7.
+        end_lr (float): The last base rate, a number > `start_lr`. Defaults to
+            10.
+        num_steps (int): The number of steps, an integer >= 2. Defaults to 100.
+        stop_div (bool): Whether to stop when the smoothed loss diverges.
+            Defaults to True.
+        beta (float): The smoothing factor, in `[0, 1)` (0: no smoothing).
+            Defaults to 0.98, fastai's.
+        batch_size (int | None): As for `model.fit`.
+        verbose (int): 0 for silence, 1 for a progress bar of the sweep (with
             the base rate and the smoothed loss), 2 for one line at the end.
             Defaults to 1.
-        **fit_kwargs: Passed to `model.fit` (`shuffle`, `sample_weight`,
-            `class_weight`, `callbacks`...). Callbacks that change the
-            learning rate or the multipliers would spoil the sweep.
+        **fit_kwargs (Any): Passed to `model.fit` (`shuffle`, `sample_weight`,
+            `class_weight`, `callbacks`...). Callbacks that change the learning
+            rate or the multipliers would spoil the sweep.
 
     Returns:
-        An `LRFindResult` with the rates, the smoothed and raw losses, and
-        the suggestions; `result.plot()` draws them.
+        LRFindResult: The rates, the smoothed and raw losses, and the
+        suggestions; `result.plot()` draws them.
 
     Raises:
         TypeError: if `model` is not a Keras model, it is not compiled with
@@ -229,14 +240,17 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     >>> inputs = keras.Input((4,))
     >>> body = keras.layers.Dense(8, activation="relu", name="body")
     >>> model = keras.Model(inputs, keras.layers.Dense(1, name="head")(body(inputs)))
+    >>> # Weights from NumPy's seeded draws: the same result on every backend.
+    >>> model.set_weights([np.random.rand(*w.shape) - 0.5 for w in model.get_weights()])
     >>> model.compile(difflr.LRMultiplier(keras.optimizers.SGD(0.01), {body: 0.1}),
     ...               loss="mse")
     >>> x = np.random.rand(64, 4)
     >>> y = x.sum(axis=1, keepdims=True)
     >>> result = difflr.lr_find(model, x, y, batch_size=16, start_lr=1e-4,
-    ...                         end_lr=100.0, num_steps=40, verbose=0)
+    ...                         end_lr=100.0, num_steps=40, shuffle=False, verbose=0)
     >>> result
-    LRFindResult(... of 40 steps, ...; valley=..., steep=..., minimum=...)
+    LRFindResult(30 of 40 steps, stopped early: diverged; valley=0.0203,
+    steep=0.0838, minimum=0.0492)
     >>> result.learning_rates[:2]
     [0.0001, 0.000142...]
     >>> round(float(model.optimizer.learning_rate), 6)  # put back, as the rest
@@ -289,6 +303,7 @@ def lr_find(model, x, y=None, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
     sweep = _Sweep(rates, set_rate=schedule is None, stop_div=stop_div,
                    beta=beta, verbose=verbose)
     try:
+        _hold_schedules(opt)
         if schedule is None:
             try:
                 opt.learning_rate = rates[0]
@@ -363,6 +378,22 @@ def _check_model(model):
             "for the sweep."
         )
     return opt
+
+
+def _hold_schedules(opt):
+    """Puts every multiplier that follows a schedule at its value now, as a
+    constant, for the sweep. The snapshot puts the schedules back (a state
+    the optimizer was in comes back with its rules: `set_multipliers`)."""
+    variables = _keras_compat.built_variables(opt)
+    lr = [(v, opt.multiplier_for(v)) for v in variables
+          if opt.schedule_for(v) is not None]
+    decay = [(v, opt.decay_multiplier_for(v)) for v in variables
+             if opt.decay_schedule_for(v) is not None]
+    if lr or decay:
+        with warnings.catch_warnings():
+            # (decay multipliers held as they are, weight decay or not)
+            warnings.filterwarnings("ignore", "LRMultiplier got decay multipliers")
+            opt.set_multipliers(lr or None, decay or None)
 
 
 def _schedule_from_config(config):

@@ -265,5 +265,142 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     model, body, head = _toy()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"pip install keras-difflr\[demo\]"):
+    with pytest.raises(ImportError, match=r"`pip install matplotlib`"):
         difflr.plot(model, difflr.LRMultiplier("sgd"), groups=[body, head])
+
+
+# Multipliers that follow a schedule (issue 26): shown at the current step,
+# against the schedule evaluated on its own.
+
+def _value(schedule, step):
+    return float(np.asarray(keras.ops.convert_to_numpy(
+        keras.ops.cast(schedule(step), "float32"))))
+
+
+def _scheduled_toy():
+    model, body, head = _toy()
+    ramp = difflr.schedules.Ramp(start=2, steps=4, value=0.5)
+    cosine = keras.optimizers.schedules.CosineDecay(1.0, 10)
+    opt = difflr.LRMultiplier(keras.optimizers.AdamW(0.01, weight_decay=0.1),
+                              {body: ramp, "head/bias": 0.0},
+                              decay_multipliers={"head/kernel": cosine})
+    return model, body, head, opt, ramp, cosine
+
+
+def _expected_rows(ramp, cosine, step, bias_decay):
+    base, r, c = F32(0.01), _value(ramp, step), _value(cosine, step)
+    return [["0", "body (Dense)", "16", f"{r:.4g} (Ramp)", "1", f"{base * r:.4g}"],
+            ["1", "head (Dense)", "5", "1 / 0", f"{c:.4g} (CosineDecay) / {bias_decay}",
+             f"{base:.4g} / 0"]]
+
+
+def test_summary_shows_each_schedule_at_the_current_step():
+    model, body, head, opt, ramp, cosine = _scheduled_toy()
+    lines = _capture(model, opt, groups=[[body], [head]])  # a preview, at step 0
+    rows = [_cells(l) for l in lines if re.match(r"\d\s", l)]
+    assert rows == _expected_rows(ramp, cosine, 0, bias_decay=1)
+    # The body's schedule is 0 now but not frozen; the head's bias is.
+    assert [l.strip() for l in lines if "group " in l and "frozen" in l] == [
+        "group 0: 2 variables, 16 params; frozen: 0 variables, 0 params",
+        "group 1: 2 variables, 5 params; frozen: 1 variables, 1 params"]
+    assert lines[-1] == ("Schedules (class in parentheses): values at step 0; "
+                         "`difflr.plot(model, steps=n)` draws the rates over n steps.")
+    model.compile(optimizer=opt, loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)  # 4 steps: half-way up
+    lines = _capture(model, groups=[[body], [head]])
+    assert lines[0].startswith("Model 'toy': LRMultiplier over AdamW at step 4,")
+    rows = [_cells(l) for l in lines if re.match(r"\d\s", l)]
+    # (The bias, frozen at build, has no state and no decay applied.)
+    assert rows == _expected_rows(ramp, cosine, 4, bias_decay=0)
+    assert rows[0][3] == "0.25 (Ramp)"
+    # One row per variable: the same values.
+    rows = [_cells(l) for l in _capture(model, groups=[[body], [head]], expand=True)
+            if re.match(r"\d\s", l)]
+    cosine_now = f"{_value(cosine, 4):.4g} (CosineDecay)"
+    assert [r[4:6] for r in rows] == [["0.25 (Ramp)", "1"], ["0.25 (Ramp)", "1"],
+                                      ["1", cosine_now], ["0", "0"]]
+
+
+def test_plot_by_step_draws_each_group_over_the_steps():
+    model, body, head = _toy()
+    base_schedule = keras.optimizers.schedules.CosineDecay(0.01, 20)
+    ramp = difflr.schedules.Ramp(start=3, steps=6, value=0.1)
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(base_schedule),
+                              {body: ramp, "head/bias": 2.0})
+    steps = range(0, 20, 3)
+    fig = difflr.plot(model, opt, groups=[[body], [head]], steps=steps)
+    try:
+        (ax,) = fig.axes
+        base = np.array([_value(base_schedule, t) for t in steps])
+        expected = {
+            "group 0 (Ramp)": base * [_value(ramp, t) for t in steps],
+            "group 1: head/kernel": base,
+            "group 1: head/bias": base * 2.0,
+            "base rate": base,
+        }
+        for label, values in expected.items():
+            line = _line(ax, label)
+            np.testing.assert_array_equal(line.get_xdata(), list(steps))
+            # (The plot evaluates a schedule on all the steps at once, whose
+            # float32 math may differ from one step's in the last bits: near
+            # the end of a cosine, 1 + cos(x) cancels them up to 1e-5.)
+            np.testing.assert_allclose(line.get_ydata(), values, rtol=1e-5, err_msg=label)
+        np.testing.assert_array_equal(_line(ax, "now (step 0)").get_xdata(), [0, 0])
+        assert ax.get_yscale() == "log"
+    finally:
+        plt.close(fig)
+    # An integer n: the steps 0 to n - 1, here after the optimizer is built.
+    opt.build(model.trainable_variables)
+    fig = difflr.plot(model, opt, groups=[[body], [head]], steps=12)
+    try:
+        line = _line(fig.axes[0], "group 0 (Ramp)")
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(12))
+        np.testing.assert_allclose(
+            line.get_ydata(), [_value(base_schedule, t) * _value(ramp, t)
+                               for t in range(12)], rtol=1e-5)
+    finally:
+        plt.close(fig)
+
+
+def test_plot_by_depth_marks_the_schedules_at_the_current_step():
+    model, body, head, opt, ramp, cosine = _scheduled_toy()
+    fig = difflr.plot(model, opt, groups=[[body], [head]])  # at step 0: the ramp at 0
+    try:
+        (ax,) = fig.axes
+        # Not frozen, unlike the head's bias.
+        np.testing.assert_array_equal(
+            _line(ax, "schedule at 0 at this step").get_xdata(), [0, 1])
+        np.testing.assert_array_equal(_line(ax, "frozen (multiplier 0)").get_xdata(), [3])
+    finally:
+        plt.close(fig)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(np.ones((6, 3), "float32"), np.zeros((6, 1), "float32"), batch_size=2,
+              verbose=0)  # 3 steps
+    fig = difflr.plot(model, groups=[[body], [head]])
+    try:
+        (ax,) = fig.axes
+        line = _line(ax, "follows a schedule (value at step 3)")
+        np.testing.assert_array_equal(line.get_xdata(), [0, 1])
+        np.testing.assert_array_equal(line.get_ydata(), [F32(0.01) * _value(ramp, 3)] * 2)
+        np.testing.assert_array_equal(
+            _line(ax, "effective learning rate").get_ydata()[:2],
+            [F32(0.01) * _value(ramp, 3)] * 2)
+        assert "schedule at 0 at this step" not in [l.get_label() for l in ax.get_lines()]
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("steps,error,message", [
+    (0, ValueError, r"`steps` must be an integer >= 1; received 0"),
+    ([3, 1], ValueError, r"non-empty increasing sequence of steps.*\[3, 1\]"),
+    ([], ValueError, r"non-empty increasing sequence"),
+    ([0, -1], ValueError, r"each entry of steps` must be an integer >= 0"),
+    ("10", TypeError, r"`steps` must be an integer \(the steps 0 to n - 1\) or a "
+     "sequence of steps; received '10'"),
+    (2.5, TypeError, r"received 2.5 of type float"),
+])
+def test_plot_refuses_bad_steps(steps, error, message):
+    model, body, head = _toy()
+    with pytest.raises(error, match=message):
+        difflr.plot(model, difflr.LRMultiplier("sgd"), groups=[body, head], steps=steps)

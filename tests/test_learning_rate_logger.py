@@ -138,3 +138,32 @@ def test_errors_name_the_culprit():
                        r"\(layer 'body'\) and again in group 1"):
         model.fit(x, y, epochs=1, verbose=0,
                   callbacks=[Logger([[body], [body, head]])])
+
+
+def _value(schedule, step):
+    return float(np.asarray(keras.ops.convert_to_numpy(
+        keras.ops.cast(schedule(step), "float32"))))
+
+
+def test_a_multiplier_that_follows_a_schedule_is_logged_at_the_base_rates_step():
+    """At an epoch's end both the base rate and the multipliers are at the
+    step the next update runs at: `iterations`."""
+    model, body, mid, head = _model()
+    base = keras.optimizers.schedules.CosineDecay(0.1, 12)
+    ramp = difflr.schedules.Ramp(start=1, steps=4, value=0.5)
+    cosine = keras.optimizers.schedules.CosineDecay(3.0, 8)
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(base), {body: ramp, mid: cosine})
+    model.compile(optimizer=opt, loss="mse")
+    x, y = _data()
+    with pytest.warns(UserWarning, match=r"'learning_rate/group_1' \(CosineDecay "
+                      r"at 3 now, 1\)"):
+        history = model.fit(
+            x, y, batch_size=2, epochs=3, verbose=0, shuffle=False,  # 2 steps an epoch
+            callbacks=[difflr.callbacks.LearningRateLogger([body, [mid, head]])])
+    steps = [2, 4, 6]
+    assert history.history["learning_rate/group_0"] == pytest.approx(
+        [_value(base, t) * _value(ramp, t) for t in steps], rel=1e-7)
+    # The group logs the largest of its curves: the cosine, then 1 once below.
+    assert history.history["learning_rate/group_1"] == pytest.approx(
+        [_value(base, t) * max(_value(cosine, t), 1.0) for t in steps], rel=1e-7)
+    assert [_value(cosine, t) > 1 for t in steps] == [True, True, False]

@@ -318,8 +318,16 @@ def test_result_repr_and_plot():
     assert repr(result).startswith("LRFindResult(") and "valley=" in repr(result)
     ax = result.plot()
     assert ax.get_xscale() == "log"
-    assert {t.get_text().split(":")[0] for t in ax.get_legend().get_texts()} == {
-        "valley", "steep", "minimum"}
+    # Each marker stands at the rate of `suggestions` its legend gives, on the
+    # smoothed curve (interpolated in log(lr) between recorded steps).
+    lrs, losses = np.log(result.learning_rates), np.asarray(result.losses)
+    markers = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0])
+               for line in ax.get_lines()[1:]}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(markers)
+    assert markers == {
+        f"{name}: {rate:.2e}": (rate, pytest.approx(np.interp(np.log(rate), lrs, losses),
+                                                    rel=1e-12))
+        for name, rate in result.suggestions.items()}
     import matplotlib.pyplot as plt
     plt.close("all")
 
@@ -560,3 +568,46 @@ def test_plot_marks_each_suggestion_at_the_rate_its_legend_gives():
     assert lrs[8] / 10 == pytest.approx(lrs[6], rel=1e-12)
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+def test_multipliers_that_follow_a_schedule_are_held_at_the_first_step():
+    """A warm-up on the `fit` layer (and a cosine on its decay) would move
+    under the sweep: each is held at its value at the sweep's first step,
+    the optimizer's `iterations` (3), then put back with the rest."""
+    x, y = _linear_problem()
+    model, fit, frozen = _linear_model()
+    ramp = difflr.schedules.Ramp(start=2, steps=8)
+    cosine = keras.optimizers.schedules.CosineDecay(1.0, 10)
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(0.01, weight_decay=0.1),
+                              [(fit.kernel, ramp), (fit.bias, 2.0), (frozen, 0.0)],
+                              decay_multipliers=[(fit.kernel, cosine)])
+    model.compile(opt, loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0)
+    before, config = _state(model), opt.get_config()
+    m = float(to_numpy(ramp(3)))          # 1/8, and 3/8 three steps later
+    d = float(to_numpy(cosine(3)))
+    start, end, n = 1e-4, 1e-1, 6
+    recorder = _Recorder([fit.kernel, fit.bias, frozen.kernel, frozen.bias])
+    difflr.lr_find(model, x, y, batch_size=len(x), shuffle=False, start_lr=start,
+                   end_lr=end, num_steps=n, stop_div=False, verbose=0,
+                   callbacks=[recorder])
+    # Plain SGD with decoupled weight decay: w <- w - lr_v (d wd w + g), at
+    # lr_v = rate * m, every step.
+    for i in range(n):
+        w, b, fw, fb = (a.astype("float64") for a in recorder.before[i])
+        pred = x @ (w + fw) + b + fb
+        dpred = 2 * (pred - y) / pred.size
+        rate = start * (end / start) ** (i / (n - 1))
+        after = recorder.after[i]
+        assert_close(after[0], w - m * rate * (d * 0.1 * w + x.T @ dpred),
+                     rtol=1e-5, atol=1e-8, what=f"kernel at step {i}")
+        assert_close(after[1], b - 2.0 * rate * (0.1 * b + dpred.sum(0)),
+                     rtol=1e-5, atol=1e-8, what=f"bias at step {i}")
+        assert np.array_equal(after[2], recorder.before[0][2])
+    # Put back: the variables, the schedules in force, the rules.
+    _assert_same_state(before, _state(model))
+    assert isinstance(opt.schedule_for(fit.kernel), difflr.schedules.Ramp)
+    assert isinstance(opt.decay_schedule_for(fit.kernel),
+                      keras.optimizers.schedules.CosineDecay)
+    assert opt.get_config() == config
+    assert opt.multiplier_for(fit.kernel, step=5) == float(to_numpy(ramp(5)))

@@ -21,12 +21,14 @@ class LearningRateLogger(keras.callbacks.Callback):
 
     where `learning_rate(step)` is the optimizer's base rate as Keras logs it
     under `"learning_rate"` (a schedule evaluated at the current
-    `iterations`), and `m_v` the multiplier in force for variable `v`. A group
-    whose variables have different multipliers (say a bias at 2x) logs the
-    largest, so the key set never changes from one epoch to the next and 0
-    means the whole group is frozen; a warning names such groups when
-    training begins, and `difflr.summary(model, expand=True)` shows each
-    variable. (With `difflr.discriminative` or `GradualUnfreezing`, whose
+    `iterations`), and `m_v` the multiplier in force for variable `v`: a
+    multiplier that follows a schedule is evaluated at that same step, so
+    each value is the rate the group trains at in the next step. A group
+    whose variables have different multipliers (say a bias at 2x, or a
+    kernel on a schedule of its own) logs the largest, so the key set never
+    changes from one epoch to the next and 0 means the whole group is
+    frozen (or its schedule at 0); a warning names such groups when training
+    begins, and `difflr.summary(model, expand=True)` shows each variable. (With `difflr.discriminative` or `GradualUnfreezing`, whose
     rules are per group, every group has one multiplier.)
 
     The keys reach `History` (`model.fit(...).history["learning_rate/group_0"]`),
@@ -36,12 +38,12 @@ class LearningRateLogger(keras.callbacks.Callback):
     adds itself always comes last).
 
     Args:
-        groups: The groups, bottom to head: a list whose items are lists of
-            layers (or single layers). Defaults to `difflr.groups(model)`,
-            computed when training begins. The groups need not cover every
-            variable: only the given ones are logged.
-        names: Optional names of the groups, one string per group, used in
-            the keys. Defaults to `group_0`, `group_1`, ...
+        groups (list | None): The groups, bottom to head: a list whose items
+            are lists of layers (or single layers). Defaults to
+            `difflr.groups(model)`, computed when training begins. The groups
+            need not cover every variable: only the given ones are logged.
+        names (list[str] | None): Optional names of the groups, one string per
+            group, used in the keys. Defaults to `group_0`, `group_1`, ...
 
     Raises:
         TypeError: when training begins, if the model's optimizer is not a
@@ -121,9 +123,9 @@ class LearningRateLogger(keras.callbacks.Callback):
         self._groups, self._keys = groups, [_PREFIX + name for name in names]
         mixed = []
         for g, key in enumerate(self._keys):
-            values = sorted({r["multiplier"] for r in rows if r["group"] == g})
-            if len(values) > 1:
-                mixed.append(f"'{key}' ({', '.join(f'{m:g}' for m in values)})")
+            curves = _table.distinct_curves([r for r in rows if r["group"] == g])
+            if len(curves) > 1:
+                mixed.append(f"'{key}' ({', '.join(map(_describe, curves))})")
         if mixed:
             warnings.warn(
                 f"{_WHO}: some groups train at several multipliers, and each "
@@ -143,3 +145,9 @@ class LearningRateLogger(keras.callbacks.Callback):
                         complete=False)["rows"]
         for g, key in enumerate(self._keys):
             logs[key] = max(r["effective_lr"] for r in rows if r["group"] == g)
+
+
+def _describe(row):
+    if row["schedule"] is None:
+        return f"{row['multiplier']:g}"
+    return f"{type(row['schedule']).__name__} at {row['multiplier']:g} now"
