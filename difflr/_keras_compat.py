@@ -46,6 +46,10 @@ The private names, where difflr uses them, and why each is unavoidable:
   which it keeps while frozen (`trainable = False`, `enable_lora`) and
   turns back on when unfrozen, so that groups keep their place whatever is
   frozen now (`created_trainable`, used by `difflr.groups`).
+- `Optimizer._iterations`: the step a learning-rate schedule is called with
+  (`_get_current_learning_rate`), the count of `apply` calls, which the
+  public `iterations` divides by `gradient_accumulation_steps`: a scheduled
+  multiplier follows the same step as the base rate (`schedule_step`).
 - `Layer._flatten_layers()`: the nested layers of a layer, to rank rules from
   the innermost layer out and to group models. `nested_layers`,
   `direct_layers`.
@@ -562,3 +566,11 @@ def in_unsynchronised_torch_fit(max_depth=16):
                         and keras.distribution.distribution() is not None)
         frame = frame.f_back
     return False
+
+
+def schedule_step(optimizer):
+    """The step `optimizer`'s learning-rate schedule is called with:
+    `_iterations`, the count of `apply` calls, which `iterations` divides by
+    `gradient_accumulation_steps` (`_get_current_learning_rate`, Keras 3.12
+    to 3.16)."""
+    return optimizer._iterations

@@ -34,6 +34,7 @@ import keras
 from keras import ops
 
 from difflr import _keras_compat
+from difflr import _scheduled
 
 
 def tracked_positions(lr, keep_frozen_state=False, had_state=None):
@@ -62,6 +63,7 @@ def check_unfreezable(layout, lr):
     tracked = set(layout.tracked)
     for i, m in enumerate(lr):
         if m != 0 and i not in tracked:
+            m = _scheduled.describe(m) if _scheduled.is_schedule(m) else m
             raise ValueError(
                 f"Variable '{layout.variables[i].path}' had multiplier 0 when "
                 "the optimizer was built, so it has no optimizer state and "

@@ -3,8 +3,9 @@
 The config has the keys `name`, `optimizer` (the wrapped optimizer,
 serialized by Keras), `multipliers` and `decay_multipliers` (the rules that
 can be saved as such: strings and registered layer classes),
-`keep_frozen_state` and `saved_resolution`. Files saved by every earlier
-version load: these keys do not change.
+`keep_frozen_state` and `saved_resolution`, and `schedules` where the step
+runs some (the table the saved schedule indices point into, in order). Files
+saved by every earlier version load: these keys do not change.
 
 Once the optimizer is built (or could be resolved for the model being
 saved), its resolution is what counts, and it is saved beside the rules
@@ -98,7 +99,7 @@ class SavedResolution:
 
 
 def config(name, optimizer, rules, keep_frozen_state, resolution=None,
-           unresolved=None):
+           unresolved=None, schedules=()):
     """The config of an `LRMultiplier`.
 
     Args:
@@ -111,6 +112,8 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None,
         unresolved: why the rules could not be resolved for the model being
             saved, if they could not: the file is written (the model and its
             weights load), and loading the optimizer raises this reason.
+        schedules: the schedules the step runs, in order (the saved
+            schedule indices point into them), also those no rule gives now.
     """
     if rules is None:
         rules = _rules.RuleMaps()
@@ -131,15 +134,17 @@ def config(name, optimizer, rules, keep_frozen_state, resolution=None,
         "keep_frozen_state": keep_frozen_state,
         "saved_resolution": None if resolution is None else resolution.to_config(),
     }
+    if schedules:
+        saved["schedules"] = [_scheduled.to_config(s) for s in schedules]
     if unresolved is not None:
         saved["unresolved"] = unresolved
     return saved
 
 
 def from_config(config, custom_objects=None):
-    """`(optimizer, arguments, resolution)` from a config: the wrapped
-    optimizer, the other constructor arguments, and the `SavedResolution`
-    (or None)."""
+    """`(optimizer, arguments, resolution, schedules)` from a config: the
+    wrapped optimizer, the other constructor arguments, the
+    `SavedResolution` (or None) and the schedules of the step's table."""
     config = dict(config)
     if "unresolved" in config:
         raise ValueError(
@@ -152,9 +157,11 @@ def from_config(config, custom_objects=None):
     optimizer = _wrapped_from_config(config.pop("optimizer"), custom_objects)
     resolution = SavedResolution.from_config(config.pop("saved_resolution", None),
                                              custom_objects)
+    schedules = [_scheduled.from_config(s, custom_objects)
+                 for s in config.pop("schedules", [])]
     for key in ("multipliers", "decay_multipliers"):
         config[key] = _rules.from_config(config.get(key) or [], custom_objects)
-    return optimizer, config, resolution
+    return optimizer, config, resolution, schedules
 
 
 def _wrapped_from_config(config, custom_objects=None):

@@ -53,7 +53,9 @@ def check(schedule, what, culprit):
     if not math.isfinite(first) or first < 0:
         raise ValueError(
             f"The {what} for {culprit} is a schedule whose value at step 0 is "
-            f"{first}; a multiplier must be a non-negative finite number.")
+            f"{first}; a multiplier must be a non-negative finite number. "
+            "(Only step 0 is checked: a schedule must stay >= 0 at every "
+            "step.)")
     return schedule
 
 
@@ -64,7 +66,15 @@ def value_at(schedule, step):
 
 
 def describe(schedule):
-    return type(schedule).__name__
+    """`CosineDecay(initial_learning_rate=1.5, decay_steps=8, ...)`: the
+    class and its config, which tell two schedules of a class apart."""
+    try:
+        config = dict(schedule.get_config())
+    except Exception:  # (checked at parse: only a test double lands here)
+        return type(schedule).__name__
+    config.pop("name", None)
+    arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
+    return f"{type(schedule).__name__}({arguments})"
 
 
 def to_config(schedule):

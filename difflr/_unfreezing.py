@@ -15,6 +15,7 @@ from difflr import _checks
 from difflr import _keras_compat
 from difflr import _progress
 from difflr import _rules
+from difflr import _scheduled
 from difflr import _table
 from difflr import grouping
 from difflr.lr_multiplier import find_lr_multiplier
@@ -598,6 +599,7 @@ class _Plan:
         optimizer's progress) holds where its multiplier is still the value
         the recorded run left (a frozen group's 0, a ramp's fraction), and
         its multiplier otherwise (the compiled one, or one set since)."""
+        self._refuse_schedules(opt)
         if self.given_targets is not None:
             self.targets = list(self.given_targets)
             return
@@ -627,6 +629,24 @@ class _Plan:
                 "resumed run continues exactly."
             )
         self.targets = targets
+
+    def _refuse_schedules(self, opt):
+        """The rates are numbers the ramp scales and the progress records:
+        a multiplier that follows a schedule would be frozen at its value
+        now, in silence."""
+        given = self.given_targets or [None] * len(self.variables)
+        for v, m in zip(self.variables, given):
+            schedule = (m if _scheduled.is_schedule(m)
+                        else opt.schedule_for(v) if m is None else None)
+            if schedule is not None:
+                raise ValueError(
+                    f"{self.who}: the learning-rate multiplier of '{v.path}' "
+                    f"follows a schedule ({_scheduled.describe(schedule)}); "
+                    f"{self.who} sets numbers (0, a ramp's fraction of the "
+                    "rate) and cannot unfreeze to a schedule. Give the groups "
+                    "constant multipliers (`multipliers=`, or compile with "
+                    "numbers), or unfreeze with the schedules themselves "
+                    "(`difflr.schedules.Ramp`, docs/freezing.md).")
 
     def check_unfreezable(self, opt):
         """Fails now, not epochs later, if a group has no optimizer state."""

@@ -198,6 +198,9 @@ class LRMultiplier(keras.optimizers.Optimizer):
         self._saved = None
         self._superseded = _rules.RuleMaps()
         self._history = []  # `_Snapshot`s of the states put in force
+        # The schedules of a loaded optimizer's table, in its order (the
+        # saved schedule indices point into it).
+        self._table_seed = []
         self._model_ref = None
         # Set by `build`: `_state.Layout`, `_state.Multipliers`,
         # `_pause.Pause`, and the backend's `_update.Update`.
@@ -208,6 +211,7 @@ class LRMultiplier(keras.optimizers.Optimizer):
     # attribute tracking, and TensorFlow's under it, would wrap and walk it on
     # each assignment, so it is set around it.
     _UNTRACKED = frozenset({"_rules", "_saved", "_superseded", "_history",
+                            "_table_seed",
                             "_model_ref", "_layout",
                             "_multipliers", "_pause", "_update"})
 
@@ -390,9 +394,11 @@ class LRMultiplier(keras.optimizers.Optimizer):
             inner, self._update.update_step, self._update.parallel_update_step)
 
     def _schedules_given(self, resolved):
-        """The schedules among `resolved` values and every rule given."""
+        """The schedules the step will run: a loaded table's first, in its
+        order, then those among `resolved` values and every rule given."""
         rules = self._superseded.merged_maps(self._rules)
-        return list(resolved) + [r.value for r in rules.lr + rules.decay]
+        return (self._table_seed + list(resolved)
+                + [r.value for r in rules.lr + rules.decay])
 
     def _vector(self, name, layout, values, dtype="float32"):
         vector = layout.tracked_vector(values, dtype)
@@ -575,7 +581,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
         if not _scheduled.is_schedule(value):
             return value
         if step is None:
-            step = keras.ops.convert_to_numpy(self.iterations)
+            step = keras.ops.convert_to_numpy(
+                _keras_compat.schedule_step(self.inner_optimizer))
         return _scheduled.value_at(value, int(step))
 
     def _current(self):
@@ -691,7 +698,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
 
         A file saved by an earlier difflr may lack state variables that
         this version adds at the end of `variables`: those keep their
-        initial values.
+        initial values, but the schedule indices, which say "no schedule"
+        (such a file holds constant multipliers only).
         """
         variables = self.variables
         count = len(store.keys())
@@ -700,6 +708,11 @@ class LRMultiplier(keras.optimizers.Optimizer):
             return super().load_own_variables(store)
         for i, variable in enumerate(variables[:count]):
             variable.assign(store[str(i)])
+        # A file without the schedule indices holds constants only: what
+        # the factors say is in force, not the schedules of the rules now.
+        for vector in self._multipliers.vectors[2:]:
+            if any(vector is v for v in variables[count:]):
+                vector.assign(keras.ops.full(vector.shape, -1, "int32"))
         self._restored()
 
     def _trailing_variables(self):
@@ -751,7 +764,8 @@ class LRMultiplier(keras.optimizers.Optimizer):
             resolution = _saving.SavedResolution.of(
                 layout.variables, multipliers.lr, multipliers.decay, layout.tracked)
             return _saving.config(self.name, self.inner_optimizer, rules,
-                                  self.keep_frozen_state, resolution)
+                                  self.keep_frozen_state, resolution,
+                                  schedules=multipliers.table.schedules)
         resolution = self._saved
         if resolution is None and rules.needs_resolution_to_save():
             # Not built yet (compiled, not fitted), with rules that can only
@@ -777,12 +791,15 @@ class LRMultiplier(keras.optimizers.Optimizer):
                 resolution = _saving.SavedResolution.of(
                     variables, found.multipliers, found.decay_multipliers, tracked)
         return _saving.config(self.name, self.inner_optimizer, rules,
-                              self.keep_frozen_state, resolution)
+                              self.keep_frozen_state, resolution,
+                              schedules=self._table_seed)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        optimizer, arguments, resolution = _saving.from_config(config, custom_objects)
+        optimizer, arguments, resolution, schedules = _saving.from_config(
+            config, custom_objects)
         loaded = cls(optimizer, **arguments)
+        loaded._table_seed = schedules
         if resolution is not None:
             # The saved values are those the saved rules (and the rules that
             # could not be saved) gave: they rank above those rules, below

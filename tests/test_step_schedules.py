@@ -391,7 +391,7 @@ def test_a_schedule_the_optimizer_was_not_built_with_is_refused():
     opt.set_multipliers({"body/.*": _cosine()})
     assert opt.multiplier_for(kernel) == pytest.approx(1.5)
     assert opt.multiplier_for(kernel, step=STEPS) == pytest.approx(0.15)
-    with pytest.raises(ValueError, match="ExponentialDecay was not among"):
+    with pytest.raises(ValueError, match=r"ExponentialDecay\(initial_learning_rate=1.0, .*\) was not among"):
         opt.set_multipliers({"body/.*": schedules.ExponentialDecay(1.0, 2, 0.5)})
     # Refused as a whole: the values in force did not change.
     assert isinstance(opt.schedule_for(kernel), schedules.CosineDecay)
@@ -425,3 +425,96 @@ def test_bad_schedules_are_refused_naming_the_rule():
         difflr.LRMultiplier("sgd", {"head/.*": schedules.PolynomialDecay(-1.0, 4)})
     with pytest.raises(TypeError, match="number or a keras.optimizers.schedules"):
         difflr.LRMultiplier("sgd", {"head/.*": "fast"})
+
+
+def test_with_gradient_accumulation_the_multiplier_follows_the_base_rates_step():
+    """Keras calls the base rate's schedule with the count of `apply`
+    calls, not `iterations` (which it divides by the accumulation steps):
+    a scheduled multiplier follows the same step."""
+    rng = np.random.default_rng(4)
+    shapes = [(3, 2), (2,)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(6)]
+    ours = [keras.Variable(a) for a in initial]
+    opt = difflr.LRMultiplier(
+        keras.optimizers.Adam(BASE, gradient_accumulation_steps=2),
+        [(ours[0], _cosine())])
+    copies = [keras.optimizers.Adam(Times(BASE, _cosine()), gradient_accumulation_steps=2),
+              keras.optimizers.Adam(BASE, gradient_accumulation_steps=2)]
+    plain = [keras.Variable(a) for a in initial]
+    for step_grads in grads:
+        tensors = [keras.ops.convert_to_tensor(g) for g in step_grads]
+        opt.apply(tensors, ours)
+        for copy, v, g in zip(copies, plain, tensors):
+            copy.apply([g], [v])
+    for a, b in zip(ours, plain):
+        assert_close(a, b, what=a.path)
+    assert opt.multiplier_for(ours[0]) == pytest.approx(_value(_cosine(), 6))
+
+
+def test_gradual_unfreezing_refuses_a_scheduled_group_naming_it():
+    model = _model()
+    opt = difflr.LRMultiplier(keras.optimizers.SGD(BASE), {"head/.*": _cosine()},
+                              keep_frozen_state=True)
+    model.compile(opt, "mse")
+    x, y = _data()
+    unfreeze = difflr.callbacks.GradualUnfreezing(every=1)
+    with pytest.raises(ValueError, match=r"'head/kernel' follows a schedule "
+                                         r"\(CosineDecay\(initial_learning_rate=1.5"):
+        model.fit(x, y, batch_size=B, epochs=2, verbose=0, callbacks=[unfreeze])
+
+
+def test_a_saved_table_keeps_its_order_and_the_schedules_no_rule_gives_now():
+    """Built with two schedules, the first moved back to a constant before
+    saving: the file's schedule indices point into the saved table, which
+    loads whole and in order (training goes on exactly, and the schedule
+    can be set again)."""
+    x, y = _data()
+    model = _model()
+    model.compile(difflr.LRMultiplier(keras.optimizers.Adam(BASE),
+                                      {"body/.*": _warmup(), "head/.*": _cosine()}),
+                  "mse")
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    model.optimizer.set_multipliers({"body/.*": 0.5})
+    path = os.path.join(_tmp(), "table.keras")
+    model.save(path)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.models.load_model(path)
+    skipped = [str(w.message) for w in caught if "Skipping variable" in str(w.message)]
+    assert not skipped, skipped  # Keras skips variables whose count differs
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    kernel = loaded.get_layer("body").kernel
+    loaded.optimizer.set_multipliers({"body/.*": _warmup()})
+    assert isinstance(loaded.optimizer.schedule_for(kernel), schedules.PolynomialDecay)
+
+
+def test_weights_without_schedule_indices_load_as_constants():
+    """A file of an optimizer that ran no schedule (or of difflr before
+    schedules) has no schedule indices: loaded into one built with
+    schedules, the constants it holds are in force, for the step and the
+    readers alike."""
+    x, y = _data()
+    path = os.path.join(_tmp(), "constants.weights.h5")
+    source = _model()
+    source.compile(difflr.LRMultiplier(keras.optimizers.SGD(BASE), {"head/.*": 0.3}),
+                   "mse")
+    source.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    source.save_weights(path)
+    target = _model()
+    target.compile(difflr.LRMultiplier(keras.optimizers.SGD(BASE), {"head/.*": _cosine()}),
+                   "mse")
+    target.optimizer.build(target.trainable_variables)
+    target.load_weights(path)
+    kernel = target.get_layer("head").kernel
+    assert target.optimizer.schedule_for(kernel) is None
+    assert target.optimizer.multiplier_for(kernel) == pytest.approx(0.3)
+    for m in (source, target):
+        m.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(source.weights, target.weights):
+        assert_close(a, b, what=a.path)

@@ -64,8 +64,9 @@ class Rates:
         weight_decay = np.array(
             [0.0 if w is None else w for w in layout.weight_decay], "float32")
         decayed = any(w is not None for w in layout.weight_decay)
-        # At the step the base rate's own schedule sees (`iterations`).
-        m, d = update.multipliers.in_step(update.optimizer.iterations)
+        # At the step the base rate's own schedule sees.
+        m, d = update.multipliers.in_step(
+            _keras_compat.schedule_step(update.optimizer))
         if not _traced(m):
             self._split_on_host(update, m, d, learning_rate, weight_decay, decayed)
             return

@@ -67,7 +67,8 @@ class TorchUpdate:
         """This step's multipliers as tensors (`_state.Multipliers.in_step`),
         computed once per step."""
         if self._in_step is None:
-            self._in_step = self.multipliers.in_step(self.optimizer.iterations)
+            self._in_step = self.multipliers.in_step(
+                _keras_compat.schedule_step(self.optimizer))
         return self._in_step
 
     def _on_device(self):
