@@ -17,6 +17,7 @@ checked against the vectors before every read (`refresh`). A change made
 other than through `write` is taken over as restored values.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -154,8 +155,7 @@ class Multipliers:
         """`(m, d)`, the multipliers at `step` as float32 tensors, an entry
         per index: the vectors, times their schedules' values where the
         table has any (each schedule computed once)."""
-        m = ops.convert_to_tensor(self.lr_vector)
-        d = ops.convert_to_tensor(self.decay_vector)
+        m, d = _read(self.lr_vector), _read(self.decay_vector)
         if self.lr_index is None:
             return m, d
         return (m * self.table.scale(self.lr_index, step),
@@ -240,6 +240,14 @@ class Multipliers:
         """A cached value as a float at `step` (a schedule's value there)."""
         return (_scheduled.value_at(value, step) if _scheduled.is_schedule(value)
                 else value)
+
+
+def _read(variable):
+    """A variable's value as a tensor. On torch, the tensor itself: Keras
+    3.12's `convert_to_tensor` breaks a torch.compile graph there."""
+    if keras.backend.backend() == "torch":
+        return variable.value
+    return ops.convert_to_tensor(variable)
 
 
 def _as_set(value):
