@@ -236,6 +236,14 @@ class Multipliers:
             self._host = (self.version, arrays[0].tolist(), arrays[1].tolist())
         return self._host[1], self._host[2]
 
+    def schedule_indices(self):
+        """`(lr, decay)`: per index, the place in `table` of the schedule
+        each follows, or -1 (two lists of -1 without schedules)."""
+        arrays = self._device_arrays(self.lr, self.decay)
+        if len(arrays) == 2:
+            return [-1] * len(arrays[0]), [-1] * len(arrays[0])
+        return arrays[2].tolist(), arrays[3].tolist()
+
     def at(self, value, step):
         """A cached value as a float at `step` (a schedule's value there)."""
         return (_scheduled.value_at(value, step) if _scheduled.is_schedule(value)

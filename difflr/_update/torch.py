@@ -22,7 +22,9 @@ rate 0 or is left out, as `difflr._pause` says.
 Under torch.compile, a plan from host floats would be compiled into the
 graph: the hooks hand over to `torch_traced`, which reads the multipliers
 from tensors. So do they while a schedule is in force (`difflr._scheduled`),
-whose values change at every step on the device.
+whose values change at every step on the device, but for the "rates" form,
+whose per-variable rates are scaled by the schedules' values at each step
+(`TorchUpdate.scales`).
 """
 
 import math
@@ -51,17 +53,18 @@ class TorchUpdate:
         self._plan = None  # (signature, Plan)
         self._traced = torch_traced.TracedUpdate(self)
         self._in_step = None  # this step's (m, d) tensors
+        self._scales = None  # this step's schedule values
 
     def before_apply(self):
         _refuse_unsynchronised_fit()
-        self._in_step = None
+        self._in_step = self._scales = None
         if not torch_traced.is_tracing():
             # A restore may have written the vectors (no cost if not): the
             # plan is made from what they hold.
             self.multipliers.refresh()
 
     def after_apply(self):
-        self._in_step = None
+        self._in_step = self._scales = None
 
     def in_step(self):
         """This step's multipliers as tensors (`_state.Multipliers.in_step`),
@@ -74,8 +77,21 @@ class TorchUpdate:
     def _on_device(self):
         """Whether the update reads the multipliers from the device: under
         torch.compile, and while a schedule is in force (its values change
-        every step, where a plan from host floats would be made anew)."""
+        every step, where a plan from host floats would be made anew), but
+        for a plan of the "rates" form, which scales its rates."""
         return torch_traced.is_tracing() or self.multipliers.scheduled
+
+    def scales(self, indices):
+        """The values at this step of the schedules `indices` (a tensor of
+        table places, -1 for none: 1) point to, each schedule computed once
+        per step."""
+        if self._scales is None:
+            table = self.multipliers.table
+            step = _keras_compat.schedule_step(self.optimizer)
+            self._scales = torch.stack(
+                [torch.ones((), device=indices.device)]
+                + [keras.ops.cast(s(step), "float32") for s in table.schedules])
+        return self._scales[indices + 1]
 
     def update_step(self, original, gradient, variable, learning_rate):
         """One variable, eagerly (optimizers without a fused update)."""
@@ -95,10 +111,11 @@ class TorchUpdate:
 
     def parallel_update_step(self, original, grads, variables, learning_rate):
         """All variables at once: Keras's fused update, per `Plan`."""
-        if self._on_device():
+        tracing = torch_traced.is_tracing()
+        plan = None if tracing else self.plan(variables)
+        if tracing or (plan.scheduled and plan.form != "rates"):
             return self._traced.parallel_update_step(
                 original, grads, variables, learning_rate)
-        plan = self.plan(variables)
         if not plan.running:
             self._advance_global_state(original, grads, variables, learning_rate)
             return
@@ -107,12 +124,19 @@ class TorchUpdate:
             run_grads = [grads[p] for p in plan.running]
             run_vars = [variables[p] for p in plan.running]
         if plan.decayed:
-            factors = 1 - learning_rate * plan.decay_coefficients
+            coefficients = plan.decay_coefficients
+            if plan.scheduled:
+                coefficients = coefficients * (self.scales(plan.decayed_lr_index)
+                                               * self.scales(plan.decayed_decay_index))
+            factors = 1 - learning_rate * coefficients
             torch._foreach_mul_(plan.decayed_values, plan.decay_scalars(factors))
         if plan.single is not None:
             original(run_grads, run_vars, learning_rate * plan.single)
         elif plan.form == "rates":
-            plan.kernel(run_grads, learning_rate * plan.rates, plan.rate_scalars)
+            rates = plan.rates
+            if plan.scheduled:
+                rates = rates * self.scales(plan.lr_index)
+            plan.kernel(run_grads, learning_rate * rates, plan.rate_scalars)
         elif plan.form == "step":
             moved = plan.moved_values
             # The old values wait as -v: a copy in one call (a transient one,
@@ -157,27 +181,43 @@ class Plan:
 
     def __init__(self, update, variables):
         lr, decay = update.multipliers.on_device()
+        # (A scheduled variable's factor is 1: its schedule scales it.)
+        lr_index, decay_index = update.multipliers.schedule_indices()
         layout, pause = update.layout, update.pause
         self.running, self.multipliers = [], []
         self.moved, self.moved_multipliers = [], []
         self.decayed, coefficients, groups = [], [], {}
+        running_index, decayed_index = [], []
         for p, v in enumerate(variables):
             j = layout.index_of(v)
             if lr[j] == 0 and pause.mode == "hold":
                 continue  # paused: no update, no decay, state held
             self.running.append(p)
             self.multipliers.append(lr[j])
-            groups.setdefault(lr[j], []).append(p)
+            running_index.append(lr_index[j])
+            groups.setdefault((lr[j], lr_index[j]), []).append(p)
             if lr[j] != 1:
                 self.moved.append(p)
                 self.moved_multipliers.append(lr[j])
             if layout.weight_decay[j] is not None and lr[j] != 0:
                 self.decayed.append(p)
+                decayed_index.append((lr_index[j], decay_index[j]))
                 coefficients.append(lr[j] * decay[j] * layout.weight_decay[j])
-        self.groups = list(groups.items())
-        self.single = self.groups[0][0] if len(self.groups) == 1 else None
+        # Where a schedule is in force, the rates are scaled by its value at
+        # each step: only the "rates" form runs so (others: `torch_traced`).
+        self.scheduled = any(i != -1 for i in running_index) or any(
+            i != (-1, -1) for i in decayed_index)
+        self.groups = [(m, ps) for (m, _), ps in groups.items()]
+        self.single = (self.groups[0][0] if len(self.groups) == 1
+                       and not self.scheduled else None)
         self.form = None if self.single is not None else self._form(update, variables)
         device = variables[0].value.device
+        if self.scheduled:
+            def index(values):
+                return torch.tensor(values, dtype=torch.long, device=device)
+            self.lr_index = index(running_index)
+            self.decayed_lr_index = index([i for i, _ in decayed_index])
+            self.decayed_decay_index = index([i for _, i in decayed_index])
         if self.form == "rates":
             self.rates = torch.tensor(self.multipliers, dtype=torch.float32, device=device)
             self.rate_scalars = Scalars()
