@@ -65,6 +65,11 @@ def value_at(schedule, step):
         ops.cast(schedule(ops.convert_to_tensor(step)), "float32")))
 
 
+def name(schedule):
+    """`CosineDecay`: the class, for a table's cell."""
+    return type(schedule).__name__
+
+
 def describe(schedule):
     """`CosineDecay(initial_learning_rate=1.5, decay_steps=8, ...)`: the
     class and its config, which tell two schedules of a class apart."""

@@ -292,7 +292,7 @@ def _plot_by_step(ax, table, steps):
             if len(curves) > 1:
                 label += f": {row['variable'].path}"
             if row["schedule"] is not None:
-                label += f" ({_scheduled.describe(row['schedule'])})"
+                label += f" ({_scheduled.name(row['schedule'])})"
             ax.plot(steps, rates, "-", label=label)
     ax.plot(steps, base, "--", color="black", linewidth=1, label="base rate")
     if steps[0] <= table["step"] <= steps[-1]:
@@ -316,7 +316,7 @@ def _cell(value, schedule=None):
     """A value at the step, and the class of the schedule it follows:
     "0.25 (CosineDecay)"."""
     return _num(value) + ("" if schedule is None
-                          else f" ({_scheduled.describe(schedule)})")
+                          else f" ({_scheduled.name(schedule)})")
 
 
 def _values(values, schedules=None):
