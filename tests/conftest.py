@@ -1,5 +1,7 @@
 """Shared test helpers. The backend comes from KERAS_BACKEND (see run_tests.py)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import keras
@@ -44,3 +46,22 @@ def keras_hub_or_skip():
         pytest.skip(f"keras_hub cannot be imported under Keras {keras.__version__}: "
                     f"{type(e).__name__}: {e}")
     return keras_hub
+
+
+@contextlib.contextmanager
+def counting_updates(traces):
+    """Appends to `traces` each time a variable's update runs in Python
+    (TensorFlow and JAX): in a compiled step, each time it is traced."""
+    from difflr._update import compiled
+
+    original = compiled.CompiledUpdate._update
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    compiled.CompiledUpdate._update = counting
+    try:
+        yield
+    finally:
+        compiled.CompiledUpdate._update = original

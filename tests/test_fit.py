@@ -7,7 +7,7 @@ import pytest
 import keras
 
 import difflr
-from conftest import assert_close, backend, to_numpy
+from conftest import assert_close, backend, counting_updates, to_numpy
 
 B, D, O = 8, 5, 3
 
@@ -96,29 +96,10 @@ def _fit_with_freeze_at_batch_2(run_eagerly, count_traces=False):
     traces = []
     freeze = _SetAtBatch(2, "body", 0.0)
     freeze.traces = traces
-    with _counting_updates(traces) if count_traces else contextlib.nullcontext():
+    with counting_updates(traces) if count_traces else contextlib.nullcontext():
         model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0,
                   callbacks=[freeze])
     return model, opt, freeze, traces
-
-
-@contextlib.contextmanager
-def _counting_updates(traces):
-    """Appends to `traces` each time a variable's update runs in Python: in a
-    compiled step, each time it is traced."""
-    from difflr._update import compiled
-
-    original = compiled.CompiledUpdate._update
-
-    def counting(*args, **kwargs):
-        traces.append(1)
-        return original(*args, **kwargs)
-
-    compiled.CompiledUpdate._update = counting
-    try:
-        yield
-    finally:
-        compiled.CompiledUpdate._update = original
 
 
 def test_set_multipliers_inside_compiled_fit_takes_effect_next_step_without_retracing():

@@ -15,7 +15,7 @@ import pytest
 import keras
 
 import difflr
-from conftest import assert_close, backend, to_numpy
+from conftest import assert_close, backend, counting_updates, to_numpy
 
 BASE = 0.05
 STEPS = 8
@@ -329,19 +329,8 @@ def _counting_traces(traces):
         torch._dynamo.utils.counters.clear()
         yield
         return
-    from difflr._update import compiled
-
-    original = compiled.CompiledUpdate._update
-
-    def counting(*args, **kwargs):
-        traces.append(1)
-        return original(*args, **kwargs)
-
-    compiled.CompiledUpdate._update = counting
-    try:
+    with counting_updates(traces):
         yield
-    finally:
-        compiled.CompiledUpdate._update = original
 
 
 def test_set_multipliers_moves_between_a_constant_and_a_schedule_without_retracing():
