@@ -161,9 +161,13 @@ class Table:
         """Per entry of the int vector `indices`, the value at `step` of the
         schedule it points to, or 1 where it is -1: each schedule computed
         once."""
+        return ops.take(self.values(step), ops.cast(indices, "int32") + 1)
+
+    def values(self, step):
+        """`[1, s_0(step), s_1(step), ...]`, float32: the value of index -1
+        (no schedule) first, then each schedule's, computed once."""
         values = [ops.cast(s(step), "float32") for s in self.schedules]
-        table = ops.stack([ops.ones((), "float32")] + values)
-        return ops.take(table, ops.cast(indices, "int32") + 1)
+        return ops.stack([ops.ones((), "float32")] + values)
 
 
 def index_vector(indices):

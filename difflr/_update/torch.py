@@ -75,10 +75,10 @@ class TorchUpdate:
         return self._in_step
 
     def _on_device(self):
-        """Whether the update reads the multipliers from the device: under
-        torch.compile, and while a schedule is in force (its values change
-        every step, where a plan from host floats would be made anew), but
-        for a plan of the "rates" form, which scales its rates."""
+        """Whether the one-variable update reads the multipliers from the
+        device: under torch.compile, and while a schedule is in force (its
+        values change every step, where host floats would be stale). (The
+        fused update decides per `Plan`: its "rates" form scales its rates.)"""
         return torch_traced.is_tracing() or self.multipliers.scheduled
 
     def scales(self, indices):
@@ -86,11 +86,8 @@ class TorchUpdate:
         table places, -1 for none: 1) point to, each schedule computed once
         per step."""
         if self._scales is None:
-            table = self.multipliers.table
-            step = _keras_compat.schedule_step(self.optimizer)
-            self._scales = torch.stack(
-                [torch.ones((), device=indices.device)]
-                + [keras.ops.cast(s(step), "float32") for s in table.schedules])
+            self._scales = self.multipliers.table.values(
+                _keras_compat.schedule_step(self.optimizer))
         return self._scales[indices + 1]
 
     def update_step(self, original, gradient, variable, learning_rate):
