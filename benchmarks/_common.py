@@ -17,13 +17,16 @@ import time
 
 BACKENDS = ("jax", "tensorflow", "torch")
 _RESULT = "BENCHMARK-RESULT:"
+_DEVICE = "BENCHMARK-DEVICE:"
 
 
 # Running one measurement per backend.
 
-def run_per_backend(script, backends, options):
+def run_per_backend(script, backends, options, devices=None):
     """Runs `script --child <options>` once per backend; returns
-    `{backend: result}` from the JSON each child prints last."""
+    `{backend: result}` from the JSON each child prints last. With a dict
+    `devices`, also fills it with `{backend: device}` (`device()`), the
+    device each child computed on."""
     results = {}
     for backend in backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -34,7 +37,25 @@ def run_per_backend(script, backends, options):
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
             raise RuntimeError(f"{os.path.basename(script)} failed on {backend}")
         results[backend] = json.loads(lines[-1][len(_RESULT):])
+        found = [l for l in done.stdout.splitlines() if l.startswith(_DEVICE)]
+        if devices is not None and found:
+            devices[backend] = json.loads(found[-1][len(_DEVICE):])
     return results
+
+
+def device():
+    """The device this process's Keras backend computes on: `{"backend",
+    "kind", "count"}` (`difflr._machine.device`)."""
+    from difflr._machine import device as found
+
+    return found()
+
+
+def device_lines(devices):
+    """`{backend: device}` in words, one backend a line."""
+    from difflr._machine import device_line
+
+    return "\n".join(f"Device: {device_line(d)}." for d in devices.values())
 
 
 def main(script, measure, report, defaults, description, backends=BACKENDS):
@@ -57,14 +78,18 @@ def main(script, measure, report, defaults, description, backends=BACKENDS):
     parser.add_argument("--options", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        print(_DEVICE + json.dumps(device()), flush=True)
         print(_RESULT + json.dumps(measure(json.loads(args.options))), flush=True)
         return 0
     options = options_for(defaults, args.quick, args.set)
-    results = run_per_backend(script, args.backends.split(","), options)
+    devices = {}
+    results = run_per_backend(script, args.backends.split(","), options, devices)
     print(report(results, options))
+    print(device_lines(devices))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"options": options, "results": results}, f, indent=2)
+            json.dump({"options": options, "results": results, "devices": devices},
+                      f, indent=2)
     return 0
 
 
@@ -121,13 +146,40 @@ def alternate(variants, rounds):
     return times
 
 
+def synchronize(model=None):
+    """Waits until the device has run the work queued so far. On a CPU the
+    work is done when a call returns; an accelerator runs it after, so a
+    clock read without this counts the launches, not the work. On JAX it
+    waits for `model`'s variables (nothing without a model, or inside a
+    `fit`, which holds their values elsewhere)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            tf.test.experimental.sync_devices()
+    elif model is not None:
+        import jax
+
+        jax.block_until_ready([v.value for v in model.variables])
+
+
 def repeat_timer(call, reps):
     """A callable timing `reps` calls of `call`, returning seconds per call
     (a variant for `alternate`)."""
     def run():
+        synchronize()
         start = time.perf_counter()
         for _ in range(reps):
             call()
+        synchronize()
         return (time.perf_counter() - start) / reps
     return run
 
@@ -209,9 +261,11 @@ def fit_timer(model, x, y, batch, skip=2):
         # dispatch of the steps.
         def on_train_batch_begin(self, index, logs=None):
             if index == skip:
+                synchronize()  # (once: the earlier batches' work is not timed)
                 marks["start"] = time.perf_counter()
 
         def on_train_end(self, logs=None):
+            synchronize(self.model)
             marks["end"] = time.perf_counter()
 
     clock = Clock()

@@ -49,7 +49,10 @@ def measure(options):
         shapes = _shapes(layers, width)
         rng = np.random.default_rng(0)
         values = [rng.normal(size=s).astype("float32") for s in shapes]
-        grads = [torch.tensor(rng.normal(size=s).astype("float32")) for s in shapes]
+        # On Keras's device (a GPU's, where there is one), for both.
+        device = keras.ops.zeros(()).device
+        grads = [torch.tensor(rng.normal(size=s).astype("float32"), device=device)
+                 for s in shapes]
         group_of = [i % count for i in range(len(shapes))]
 
         def keras_step(kind):
@@ -64,7 +67,7 @@ def measure(options):
             return lambda: opt.apply(grads, variables)
 
         def torch_step(grouped):
-            params = [torch.nn.Parameter(torch.tensor(v)) for v in values]
+            params = [torch.nn.Parameter(torch.tensor(v, device=device)) for v in values]
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             if grouped:

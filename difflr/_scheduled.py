@@ -157,11 +157,10 @@ class Table:
         indices = [self.index(v) if is_schedule(v) else -1 for v in values]
         return factors, indices
 
-    def scale(self, indices, step):
-        """Per entry of the int vector `indices`, the value at `step` of the
-        schedule it points to, or 1 where it is -1: each schedule computed
-        once."""
-        return ops.take(self.values(step), ops.cast(indices, "int32") + 1)
+    def scale(self, indices, values):
+        """Per entry of the int vector `indices`, the value of the schedule
+        it points to in `values` (`values(step)`), or 1 where it is -1."""
+        return ops.take(values, ops.cast(indices, "int32") + 1)
 
     def values(self, step):
         """`[1, s_0(step), s_1(step), ...]`, float32: the value of index -1

@@ -158,8 +158,11 @@ class Multipliers:
         m, d = _read(self.lr_vector), _read(self.decay_vector)
         if self.lr_index is None:
             return m, d
-        return (m * self.table.scale(self.lr_index, step),
-                d * self.table.scale(self.decay_index, step))
+        # Each schedule evaluated once for both (eagerly, each evaluation
+        # copies its constants from the host).
+        values = self.table.values(step)
+        return (m * self.table.scale(self.lr_index, values),
+                d * self.table.scale(self.decay_index, values))
 
     def refresh(self):
         """Brings the cache up to date with the vectors.

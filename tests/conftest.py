@@ -7,6 +7,13 @@ import pytest
 import keras
 
 
+def pytest_report_header(config):
+    """The device the suite runs on, in the summary's header."""
+    from difflr._machine import device_line
+
+    return f"keras {keras.__version__}, {device_line()}"
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_reset():
     """Every test starts from the same seeds and a clean Keras session."""

@@ -34,6 +34,7 @@ import torch
 import keras
 
 from difflr import _keras_compat
+from difflr import _pause
 from difflr._update import torch_kernels
 from difflr._update import torch_traced
 from difflr._update.base import FULL_PRECISION
@@ -92,6 +93,7 @@ class TorchUpdate:
 
     def update_step(self, original, gradient, variable, learning_rate):
         """One variable, eagerly (optimizers without a fused update)."""
+        learning_rate = _rate_tensor(learning_rate)
         if self._on_device():
             return self._traced.update_step(original, gradient, variable, learning_rate)
         index = self.layout.index_of(variable)
@@ -108,6 +110,7 @@ class TorchUpdate:
 
     def parallel_update_step(self, original, grads, variables, learning_rate):
         """All variables at once: Keras's fused update, per `Plan`."""
+        learning_rate = _rate_tensor(learning_rate)
         tracing = torch_traced.is_tracing()
         plan = None if tracing else self.plan(variables)
         if tracing or (plan.scheduled and plan.form != "rates"):
@@ -268,6 +271,14 @@ class Scalars:
         else:
             buffer.copy_(vector)
         return self._views
+
+
+def _rate_tensor(learning_rate):
+    """The base rate as a torch tensor. Keras passes its variable, whose
+    product with a Python float (`lr * m`) would copy the float from the
+    host: a blocking copy, per variable or group and step, on an
+    accelerator. A tensor times a float is one kernel."""
+    return _pause.read(learning_rate)
 
 
 def _refuse_unsynchronised_fit():

@@ -13,6 +13,7 @@ scalar of the same `torch._foreach_*` calls:
 import torch
 
 from difflr import _keras_compat
+from difflr import _pause
 
 
 def update_with_rates(optimizer, variables):
@@ -30,7 +31,9 @@ def update_with_rates(optimizer, variables):
     beta_2_t = torch.tensor(beta_2, dtype=dtype, device=device)
 
     def update(grads, rates, scalars):
-        step = (optimizer.iterations + 1).to(dtype)
+        # The tensor, not the Keras variable: `variable + 1` would copy the 1
+        # from the host, a blocking copy on an accelerator.
+        step = (_pause.read(optimizer.iterations) + 1).to(dtype)
         alphas = scalars(rates.to(dtype) * torch.sqrt(1 - torch.pow(beta_2_t, step))
                          / (1 - torch.pow(beta_1_t, step)))
         torch._foreach_mul_(first, beta_1)

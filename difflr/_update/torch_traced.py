@@ -41,6 +41,7 @@ class TracedUpdate:
 
     def __init__(self, update):
         self.update = update  # the TorchUpdate: optimizer, layout, ...
+        self._kept = None  # (key, Gathers) of the last eager call
 
     def update_step(self, original, gradient, variable, learning_rate):
         """One variable (optimizers without a fused update)."""
@@ -62,9 +63,10 @@ class TracedUpdate:
     def parallel_update_step(self, original, grads, variables, learning_rate):
         """All variables at once, as Keras's fused update."""
         update = self.update
-        indices = [update.layout.index_of(v) for v in variables]
-        m = update.in_step()[0][indices]
-        self._decay(variables, indices, m, learning_rate)
+        m_all = update.in_step()[0]
+        gathers = self._gathers(variables, m_all.device)
+        m = m_all[gathers.indices]
+        self._decay(variables, gathers, m, learning_rate)
         kernel = (None if update.pause.mode == "hold"
                   else torch_kernels.kernel(update.optimizer, variables))
         if kernel is not None:
@@ -72,20 +74,29 @@ class TracedUpdate:
         elif update.step_form:
             _step_form(original, grads, variables, learning_rate, m)
         else:
-            self._one_by_one(original, grads, variables, indices, learning_rate, m)
+            self._one_by_one(original, grads, variables, gathers.index_list,
+                             learning_rate, m)
 
-    def _decay(self, variables, indices, m, learning_rate):
-        weight_decay = self.update.layout.weight_decay
-        decayed = [p for p, j in enumerate(indices) if weight_decay[j] is not None]
-        if not decayed:
+    def _gathers(self, variables, device):
+        """The `Gathers` of `variables`: run eagerly, kept until the
+        variables or the multipliers change (made anew, each of its tensors
+        would be a blocking copy from the host per step on an accelerator);
+        traced, constants of the graph."""
+        if is_tracing():
+            return Gathers(self.update.layout, variables, device)
+        key = (self.update.multipliers.version, tuple(map(id, variables)))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, Gathers(self.update.layout, variables, device))
+        return self._kept[1]
+
+    def _decay(self, variables, gathers, m, learning_rate):
+        if not gathers.decayed_list:
             return
-        d = self.update.in_step()[1][[indices[p] for p in decayed]]
-        coefficients = torch.tensor([weight_decay[indices[p]] for p in decayed],
-                                    dtype=m.dtype, device=m.device)
-        factors = 1 - learning_rate * m[decayed] * d * coefficients
+        d = self.update.in_step()[1][gathers.decayed_indices]
+        factors = 1 - learning_rate * m[gathers.decayed] * d * gathers.coefficients
         # float32 factors, whatever the variables' dtypes, as eagerly:
         # rounded to bfloat16, a small decay would round away.
-        values = [variables[p].value for p in decayed]
+        values = [variables[p].value for p in gathers.decayed_list]
         torch._foreach_mul_(values, _scalars(factors))
 
     def _one_by_one(self, original, grads, variables, indices, learning_rate, m):
@@ -99,6 +110,28 @@ class TracedUpdate:
 
         torch_kernels.each_from_the_step_start(
             self.update.layout.global_state, [call(p) for p in range(len(variables))])
+
+
+class Gathers:
+    """What the update of a list of variables gathers the multipliers with:
+    `indices`, the variables' indices (`index_list` as ints); `decayed`,
+    the positions of those with weight decay (`decayed_list` as ints),
+    `decayed_indices` their indices and `coefficients` their weight decay
+    (float32)."""
+
+    def __init__(self, layout, variables, device):
+        self.index_list = [layout.index_of(v) for v in variables]
+        self.decayed_list = [p for p, j in enumerate(self.index_list)
+                             if layout.weight_decay[j] is not None]
+
+        def tensor(values, dtype=torch.long):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        self.indices = tensor(self.index_list)
+        self.decayed = tensor(self.decayed_list)
+        self.decayed_indices = tensor([self.index_list[p] for p in self.decayed_list])
+        self.coefficients = tensor([layout.weight_decay[self.index_list[p]]
+                                    for p in self.decayed_list], torch.float32)
 
 
 def _step_form(original, grads, variables, learning_rate, m):
