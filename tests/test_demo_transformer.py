@@ -2,6 +2,7 @@
 arms' rates, the claims' measures and the report."""
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -31,6 +32,23 @@ def _group_of(variable):
     """The group (a name of `GROUPS`) a variable's path puts it in."""
     parts = variable.path.split("/")
     return next(p for p in parts if p in GROUPS)
+
+
+# The report test and the tiny run build a ViT of this many blocks rather
+# than the demo's `transformer.LAYERS`: every block adds to each model's
+# build and compilation, and what they check does not depend on the depth
+# (the arms' rates are checked on the demo's own ViT).
+TEST_BLOCKS = 1
+
+
+@contextlib.contextmanager
+def _test_sized_vit():
+    keras_hub_or_skip()
+    from difflr.demo import transformer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transformer, "LAYERS", TEST_BLOCKS)
+        yield
 
 
 def _arm_state(name, epochs=6, lr=1e-3):
@@ -157,11 +175,11 @@ def test_paired_interval_is_students_t():
     assert mean == pytest.approx(0.1) and math.isnan(low) and math.isnan(high)
 
 
-def _fixed_results():
-    """Three seeds, two rates, fixed accuracies and curves (4 epochs)."""
+def _fixed_results(arms=("full", "llrd0.8", "lp-ft", "lora", "lora+")):
+    """Three seeds, two rates, fixed accuracies and curves (4 epochs); an arm
+    of `arms` without accuracies below scores 0.5 throughout."""
     config = dataclasses.replace(
-        TINY, seeds=(0, 1, 2), lrs=(0.001, 0.01), epochs=4,
-        arms=("full", "llrd0.8", "lp-ft", "lora", "lora+"))
+        TINY, seeds=(0, 1, 2), lrs=(0.001, 0.01), epochs=4, arms=arms)
     accuracy = {  # (arm, lr): one per seed
         ("full", 0.001): [0.80, 0.40, 0.70], ("full", 0.01): [0.30, 0.30, 0.30],
         ("llrd0.8", 0.001): [0.70, 0.80, 0.75],
@@ -178,8 +196,8 @@ def _fixed_results():
                            [0.62, 0.7, 0.7, 0.7]],
     }
     runs = []
-    for (arm, lr), values in accuracy.items():
-        for seed, value in enumerate(values):
+    for arm, lr in [(arm, lr) for arm in arms for lr in config.lrs]:
+        for seed, value in enumerate(accuracy.get((arm, lr), [0.5] * 3)):
             curve = curves.get((arm, lr), [[value] * 4] * 3)[seed]
             runs.append(dict(source="digits", arm=arm, seed=seed, lr=lr,
                              accuracy=value, retained=0.5, translated=value,
@@ -245,34 +263,20 @@ def test_the_claims_name_their_figures():
     assert set(transformer_report.FILES) <= {c.figure for c in found}
 
 
-# The tiny preset, end to end.
+# The report, on fixed results of every arm.
 
-@pytest.fixture(scope="module")
-def tiny_results():
-    keras_hub_or_skip()
-    return experiment.run(TINY, log=lambda line: None)
-
-
-def test_tiny_run_measures_what_it_trained(tiny_results):
-    runs = tiny_results.runs
-    assert [(r["arm"], r["lr"]) for r in runs] == [
-        (a, lr) for a in TINY.arms for lr in TINY.lrs]
-    [pretrained] = [p["heldout_accuracy"] for p in tiny_results.pretraining]
-    for r in runs:
-        # The curve's last point is the run's own final accuracy.
-        assert len(r["curve"]) == TINY.epochs and r["curve"][-1] == r["accuracy"]
-        if r["arm"] == "probe":  # a frozen body forgets nothing
-            assert r["retained"] == pretrained
-
-
-def test_tiny_report_prints_each_arms_summary_once(tiny_results, tmp_path):
-    text = report.table(tiny_results)
+def test_report_prints_each_arms_summary_once_and_writes_every_file(
+        tmp_path):
+    results = _fixed_results(arms=catalog.TRANSFORMER_NAMES)
+    with _test_sized_vit():
+        text = report.table(results)
+        report.write_all(results, str(tmp_path), "the command")
     assert "What the papers claim, and what this run measured" in text
-    for name in TINY.arms:
-        assert text.count(f"\n{name} at base rate 0.003, first epoch:\n") == 1
+    # At the middle of the grid (0.001, 0.01).
+    for name in catalog.TRANSFORMER_NAMES:
+        assert text.count(f"\n{name} at base rate 0.01, first epoch:\n") == 1
     assert text.count("Model 'classifier': LRMultiplier over AdamW") == len(
-        TINY.arms)
-    report.write_all(tiny_results, str(tmp_path), "the command")
+        catalog.TRANSFORMER_NAMES)
     assert sorted(os.listdir(tmp_path)) == sorted(report.files(TINY))
     for name in report.files(TINY):
         if name.endswith(".png"):
@@ -280,6 +284,38 @@ def test_tiny_report_prints_each_arms_summary_once(tiny_results, tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| claim | the paper | this run |" in md
     assert "![LoRA+](lora_plus.png)" in md
+
+
+# The tiny preset, end to end: pretraining, then two arms trained.
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    with _test_sized_vit():
+        return experiment.run(TINY, log=lambda line: None)
+
+
+def test_tiny_run_measures_what_it_trained(tiny_results):
+    runs = tiny_results.runs
+    assert [(r["arm"], r["lr"]) for r in runs] == [
+        (a, lr) for a in TINY.arms for lr in TINY.lrs] == [
+        ("probe", 0.003), ("lp-ft", 0.003)]
+    # The measures the report is tested on (fixed results) are these.
+    [fixed] = {tuple(sorted(r)) for r in _fixed_results().runs}
+    assert {tuple(sorted(r)) for r in runs} == {fixed}
+    [pretrained] = [p["heldout_accuracy"] for p in tiny_results.pretraining]
+    for r in runs:
+        # The curve's last point is the run's own final accuracy.
+        assert len(r["curve"]) == TINY.epochs and r["curve"][-1] == r["accuracy"]
+    probe, _ = runs
+    assert probe["retained"] == pretrained  # a frozen body forgets nothing
+
+
+def test_lp_ft_starts_as_the_linear_probe(tiny_results):
+    # Within a seed every arm gets the same head and batches, and in its
+    # first epoch LP-FT keeps the whole body still, as the probe does: after
+    # it, both score the same.
+    probe, lp_ft = tiny_results.runs
+    assert lp_ft["curve"][0] == probe["curve"][0]
 
 
 # The command line.

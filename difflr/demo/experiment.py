@@ -131,6 +131,7 @@ def run(config, log=print):
     start = time.perf_counter()
     x, y = data.load()
     pretrain_idx, finetune_idx = data.halves(y)
+    pretrain_idx = pretrain_idx[:config.pretrain_images]  # None: all
     runs, pretraining = [], []
     with _single_threaded_torch():
         for seed in config.seeds:

@@ -809,9 +809,14 @@ def plot_learning_rates(config, path, lr=None):
     lr = config.lrs[len(config.lrs) // 2] if lr is None else lr
     names = [n for n in config.arms if n != "scratch"]  # same rates as full
     arms, net = experiment.arms_of(config), experiment.network_of(config)
+    states = {name: rate_states(arms[name], lr, config.epochs, net)
+              for name in names}
+    # Only callbacks change the multipliers between epochs: an arm without
+    # any has one panel, and needs no second model to find when they change.
     panels = [(name, epoch) for name in names
-              for epoch in _distinct_epochs(arms[name], lr, config.epochs,
-                                            net)]
+              for epoch in (_distinct_epochs(arms[name], lr, config.epochs,
+                                             net)
+                            if states[name][2] else [0])]
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, sharey=True, squeeze=False,
@@ -820,8 +825,7 @@ def plot_learning_rates(config, path, lr=None):
         ax.set_visible(False)
     k, top = 0, 1.0
     for name in names:
-        model, optimizer, callbacks = rate_states(arms[name], lr,
-                                                   config.epochs, net)
+        model, optimizer, callbacks = states[name]
         epochs = [e for n, e in panels if n == name]
         for epoch in range(config.epochs):
             for callback in callbacks:
