@@ -350,3 +350,38 @@ def test_an_arm_of_the_other_experiment_is_a_clear_error():
              "are full, llrd0.8")]:
         with pytest.raises(ValueError, match=message):
             cli.config_from(parser.parse_args(argv))
+
+
+def test_verdicts_follow_the_intervals_and_the_f_test():
+    assert claims.direction(0.01, 0.2) == "higher"
+    assert claims.direction(-0.2, -0.01) == "lower"
+    assert claims.direction(-0.1, 0.1) == "within noise"
+    assert claims.direction(math.nan, math.nan) == "within noise"  # one seed
+    # F(0.975; 7, 7) = 4.99 (tables): 8 seeds each, variances 5.29 and 4.84
+    # times the other's.
+    a = np.array([0.0, 1.0] * 4)
+    assert claims.spreads_differ(a, 2.3 * a) and claims.spreads_differ(2.3 * a, a)
+    assert not claims.spreads_differ(a, 2.2 * a)
+    results = _fixed_results()
+    verdicts = {c.title: c.verdict
+                for c in claims.claims(results, report.summarize(results))}
+    # llrd0.8 - full at their best rates (both 0.001): [-0.1, 0.4, 0.05],
+    # interval contains 0; spreads 0.208 and 0.05, F = 17.3 < F(0.975; 2, 2)
+    # = 39; failed over the grid: full 4/6, llrd0.8 0/6.
+    assert verdicts["Layer-wise learning-rate decay"] == (
+        "accuracy: consistent with 'a small gain at best': no difference "
+        "(llrd0.8 no difference); less spread: not reproduced (no spread "
+        "told apart from full's with these seeds, F test at 95%); fewer "
+        "failed runs than full over the grid: reproduced for llrd0.8")
+    # lora+ - lora: [0.05, -0.1, 0.2] and after one epoch [0.15, 0.0, 0.32]:
+    # both intervals contain 0; best rates 0.001 and 0.01.
+    assert verdicts["LoRA+"] == (
+        "accuracy: not reproduced, no difference; faster (after one epoch): "
+        "not reproduced, no difference. lora+ is best at base rate 0.001, "
+        "lora at 0.01: the head trains at the base rate (A's) in both, as "
+        "PEFT groups it")
+    # lp-ft's shifted accuracies are its new-task ones: [0.7, 0.6, 0.7]
+    # against full's [0.8, 0.4, 0.7], interval contains 0.
+    assert verdicts["LP-FT: a slow body keeps out-of-distribution accuracy"] == (
+        "not reproduced by lp-ft (lp-ft: kept more under no shift; against "
+        "full, paired)")

@@ -90,6 +90,11 @@ TRANSFORMER_ARMS = (
 )
 TRANSFORMER_NAMES = tuple(arm.name for arm in TRANSFORMER_ARMS)
 EXPERIMENTS = {"cnn": ARMS, "transformer": TRANSFORMER_ARMS}
+# What every arm of an experiment trains with (`arms`, `transformer`), as the
+# report names it.
+TRANSFORMER_WEIGHT_DECAY = 0.01  # BERT's
+OPTIMIZER_WORDS = {"cnn": "Adam", "transformer":
+                   f"AdamW, weight decay {TRANSFORMER_WEIGHT_DECAY:g}"}
 
 # A few minutes on two cores (cli.TRANSFORMER_QUICK_TIME). `TRANSFORMER_TINY`
 # is the tests' end-to-end run: one seed, one rate, two epochs, two arms

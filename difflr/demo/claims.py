@@ -94,6 +94,28 @@ class Claim:
     paper: str  # what the paper claims
     measured: list  # lines: what this run measured
     figure: str  # the file that shows it
+    verdict: str = ""  # whether this run reproduced it, in plain words
+
+
+def direction(low, high):
+    """A paired interval's verdict: "higher" (above 0), "lower" (below 0),
+    or "within noise" (contains 0, or NaN: one seed)."""
+    if math.isnan(low) or low <= 0 <= high:
+        return "within noise"
+    return "higher" if low > 0 else "lower"
+
+
+def spreads_differ(a, b, level=0.95):
+    """Whether the spreads of two samples differ at `level` (two-sided F
+    test of their variances): with 8 seeds, one spread must be about 2.2x
+    the other before it does."""
+    if len(a) < 2 or len(b) < 2 or spread(b) == 0:
+        return False
+    from scipy import stats
+
+    f = spread(a) ** 2 / spread(b) ** 2
+    p = stats.f.cdf(f, len(a) - 1, len(b) - 1)
+    return min(p, 1 - p) < (1 - level) / 2
 
 
 def _interval_text(mean, low, high):
@@ -105,14 +127,8 @@ def _interval_text(mean, low, high):
 
 def _vs_full(summary, name="accuracy"):
     """`summary`'s measure `name` minus `full`'s, paired, as text."""
-    measure = summary.measures.get(name)
-    if measure is None or measure.differences is None:
-        return "-"
-    interval = measure.interval
-    mean = float(np.mean(measure.differences))
-    if interval is None:
-        return _interval_text(mean, math.nan, math.nan)
-    return _interval_text(mean, *interval)
+    mean, low, high = _paired(summary, name)
+    return "-" if math.isnan(mean) else _interval_text(mean, low, high)
 
 
 def _grid_failures(results, arm, seed_floors):
@@ -149,7 +165,48 @@ def _llrd(results, by_arm, seed_floors):
         "Layer-wise learning-rate decay",
         "a small accuracy gain at best (ELECTRA, Sun et al. 2019) and, with "
         "few samples, less spread across seeds and fewer failed runs "
-        "(Zhang et al. 2021)", lines, "llrd.png")
+        "(Zhang et al. 2021)", lines, "llrd.png",
+        _llrd_verdict(results, by_arm, seed_floors))
+
+
+def _llrd_verdict(results, by_arm, seed_floors):
+    full = by_arm.get("full")
+    decays = [by_arm[n] for n in LLRD_ARMS if n in by_arm]
+    if full is None or not decays:
+        return ""
+    accuracy = {s.arm: direction(*_paired(s)[1:]) for s in decays}
+    words = {"higher": "gained", "lower": "lost", "within noise": "no difference"}
+    if "lower" in accuracy.values():
+        gain = "accuracy: not reproduced, LLRD lost accuracy"
+    elif "higher" in accuracy.values():
+        gain = "accuracy: reproduced, a gain"
+    else:
+        gain = "accuracy: consistent with 'a small gain at best': no difference"
+    gain += " (" + ", ".join(f"{a} {words[v]}" for a, v in accuracy.items()) + ")"
+    scores = lambda s: s.measures["accuracy"].scores[s.best]  # noqa: E731
+    less = [s.arm for s in decays if spreads_differ(scores(full), scores(s))
+            and spread(scores(s)) < spread(scores(full))]
+    failed_full = _grid_failures(results, "full", seed_floors)[0]
+    fewer = [s.arm for s in decays
+             if _grid_failures(results, s.arm, seed_floors)[0] < failed_full]
+    spread_text = ("less spread: reproduced for " + ", ".join(less) if less
+                   else "less spread: not reproduced (no spread told apart "
+                        "from full's with these seeds, F test at 95%)")
+    failed_text = ("fewer failed runs than full over the grid: "
+                   + ("reproduced for " + ", ".join(fewer) if fewer
+                      else "not reproduced"))
+    return "; ".join([gain, spread_text, failed_text])
+
+
+def _paired(summary, name="accuracy"):
+    """`(mean, low, high)` of `summary`'s paired difference with full on
+    `name` (NaN bounds without an interval)."""
+    measure = summary.measures.get(name)
+    if measure is None or measure.differences is None:
+        return math.nan, math.nan, math.nan
+    mean = float(np.mean(measure.differences))
+    low, high = measure.interval if measure.interval is not None else (math.nan,) * 2
+    return mean, low, high
 
 
 def lora_comparison(results, by_arm, config):
@@ -209,7 +266,23 @@ def _lora_plus(results, by_arm, config):
         "LoRA+",
         "B trained at 16 x A's rate gains about 1-2 points over LoRA and "
         "reaches a given accuracy up to about 2x faster (Hayou et al. 2024)",
-        lines, "lora_plus.png")
+        lines, "lora_plus.png", _lora_plus_verdict(c, by_arm))
+
+
+def _lora_plus_verdict(c, by_arm):
+    final = direction(*c["difference"][1:])
+    early = direction(*paired_interval(
+        np.subtract(c["first"]["lora+"], c["first"]["lora"]))[1:])
+    words = {"higher": "reproduced", "lower": "not reproduced, LoRA+ lower",
+             "within noise": "not reproduced, no difference"}
+    text = (f"accuracy: {words[final]}; faster (after one epoch): "
+            f"{words[early]}")
+    lora, plus = by_arm["lora"], by_arm["lora+"]
+    if plus.lrs[plus.best] != lora.lrs[lora.best]:
+        text += (f". lora+ is best at base rate {plus.lrs[plus.best]:g}, lora at "
+                 f"{lora.lrs[lora.best]:g}: the head trains at the base rate "
+                 "(A's) in both, as PEFT groups it")
+    return text
 
 
 def _lp_ft(by_arm):
@@ -226,7 +299,29 @@ def _lp_ft(by_arm):
         "LP-FT: a slow body keeps out-of-distribution accuracy",
         "probing first, then fine-tuning, keeps the accuracy under "
         "distribution shift that full fine-tuning loses (Kumar et al. 2022)",
-        lines, "forgetting_and_shift.png")
+        lines, "forgetting_and_shift.png", _lp_ft_verdict(by_arm))
+
+
+def _lp_ft_verdict(by_arm):
+    texts = []
+    for name in OOD_ARMS:
+        s = by_arm.get(name)
+        if s is None:
+            continue
+        shifts = {m: direction(*_paired(s, m)[1:]) for m in ("translated", "noisy")}
+        kept = [m for m, v in shifts.items() if v == "higher"]
+        lost = [m for m, v in shifts.items() if v == "lower"]
+        text = f"{name}: kept more under {' and '.join(kept) or 'no shift'}"
+        if lost:
+            text += f", less under {' and '.join(lost)}"
+        texts.append(text)
+    if not texts:
+        return ""
+    lp_ft = by_arm.get("lp-ft")
+    head = ("reproduced" if lp_ft is not None and all(
+        direction(*_paired(lp_ft, m)[1:]) == "higher"
+        for m in ("translated", "noisy")) else "not reproduced by lp-ft")
+    return f"{head} ({'; '.join(texts)}; against full, paired)"
 
 
 def claims(results, summaries):

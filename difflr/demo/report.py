@@ -38,6 +38,7 @@ import numpy as np
 
 import difflr
 from difflr.demo import arms as arms_lib
+from difflr.demo import catalog
 from difflr.demo import data
 from difflr.demo import experiment
 from difflr.demo import network
@@ -447,7 +448,8 @@ def markdown(results, command, info=None):
       f"Python {info['python']}; {results.seconds:.0f} s in all.")
     w()
     w(f"Setup: {_setup(config)}. Base learning rates "
-      f"{', '.join(_lr(lr) for lr in config.lrs)} (Adam, constant; the "
+      f"{', '.join(_lr(lr) for lr in config.lrs)} "
+      f"({catalog.OPTIMIZER_WORDS[config.experiment]}, constant; the "
       f"head's rate); an epoch is {config.repeats} passes over the "
       f"{config.shots * data.CLASSES} labelled images in batches of "
       f"{config.batch_size}. Best and worst: the base rates with the "

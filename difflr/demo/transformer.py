@@ -41,7 +41,7 @@ HEADS = 2
 MLP_WIDTH = 64
 LORA_RANK = 4
 LORA_PLUS_RATIO = 16.0  # Hayou et al.'s default, PEFT's loraplus_lr_ratio
-WEIGHT_DECAY = 0.01  # BERT's
+WEIGHT_DECAY = catalog.TRANSFORMER_WEIGHT_DECAY
 BACKBONE = "backbone"  # the ViTBackbone's name inside the body
 
 # The same head, loss and measurement as the CNN's.

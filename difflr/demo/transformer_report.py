@@ -29,6 +29,8 @@ def claim_lines(results, summaries=None):
         lines += ["", f"{claim.title}", f"  the paper: {claim.paper}",
                   "  this run:"]
         lines += [f"    {line}" for line in claim.measured]
+        if claim.verdict:
+            lines.append(f"  here: {claim.verdict}")
         lines.append(f"  figure: {claim.figure}")
     if lines:
         lines = ["", "What the papers claim, and what this run measured "
@@ -71,11 +73,12 @@ def markdown(results):
            f"A failed run ends below the majority class + "
            f"{claims_lib.FAIL_MARGIN:g}; intervals are Student's t at 95%, "
            f"\"{report.WITHIN_NOISE}\" when they contain 0.", "",
-           "| claim | the paper | this run |", "|---|---|---|"]
+           "| claim | the paper | this run | reproduced here? |",
+           "|---|---|---|---|"]
     found = claims_lib.claims(results, summaries)
     for claim in found:
         out.append(f"| {claim.title} | {claim.paper} | "
-                   + "<br>".join(claim.measured) + " |")
+                   + "<br>".join(claim.measured) + f" | {claim.verdict} |")
     for claim in found:
         out += ["", f"![{claim.title}]({claim.figure})"]
     return "\n".join(out) + "\n"
