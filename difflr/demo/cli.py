@@ -20,6 +20,10 @@ QUICK_TIME = ("30 s on torch, 46 s on JAX, 64 s on TensorFlow, on 2 quiet "
               "cores (docs/demo.md)")
 FULL_TIME = ("about 2 minutes on torch and 9 of CPU time on JAX, on 2 quiet "
              "cores (23 minutes of wall time on JAX on a loaded machine)")
+# `--experiment transformer --quick`: one of its three seeds took 89 s on
+# torch on 2 cores under a load average of 3; not yet timed whole.
+TRANSFORMER_QUICK_TIME = ("about 4 minutes on torch on 2 busy cores "
+                          "(estimated from one seed)")
 
 DESCRIPTION = """\
 What differential learning rates buy, on real data, on a laptop CPU with no
@@ -46,15 +50,28 @@ task's accuracy under two shifts of the test images (moved one pixel, a shift
 pretraining showed; Gaussian noise, one it did not), reported at each arm's
 best rate and over the grid.
 
+`--experiment transformer` runs the same protocol on a transformer: a
+KerasHub ViTBackbone (8x8 digits in 2x2 patches, 3 blocks of width 32,
+random initialisation) pretrained in-process on the same half, with the
+transformer recipes as arms:
+
+{transformer_arms}
+
+and sets each paper's claim (LLRD: ELECTRA, Sun et al. 2019, Zhang et al.
+2021; LoRA+: Hayou et al. 2024; LP-FT: Kumar et al. 2022) beside what the run
+measured, with its uncertainty, the failed runs (below the majority class +
+0.05) per arm, and LoRA vs LoRA+ accuracy by step. Its quick preset takes
+{transformer_time}; it also needs keras-hub.
+
 Runs are deterministic for a given seed and backend. The backend is the one
 KERAS_BACKEND selects. Needs scikit-learn and matplotlib:
 `pip install scikit-learn matplotlib`.
 """
 
 
-def _arm_lines():
+def _arm_lines(infos=catalog.ARMS):
     return "\n".join(f"  {arm.name:<12} {arm.ulmfit_row:<19} {arm.description}"
-                     for arm in catalog.ARMS)
+                     for arm in infos)
 
 
 def _count(name, low, high):
@@ -94,12 +111,17 @@ def _learning_rates(text):
 
 
 def _arm_names(text):
+    # Checked against the chosen experiment's arms in `config_from`.
+    known = catalog.NAMES + tuple(n for n in catalog.TRANSFORMER_NAMES
+                                  if n not in catalog.NAMES)
     names = [piece.strip() for piece in text.split(",")]
     for name in names:
-        if name not in catalog.NAMES:
+        if name not in known:
             raise argparse.ArgumentTypeError(
                 f"unknown arm {name!r} in {text!r}; the arms are "
-                f"{', '.join(catalog.NAMES)}.")
+                f"{', '.join(catalog.NAMES)} (--experiment cnn) and "
+                f"{', '.join(catalog.TRANSFORMER_NAMES)} (--experiment "
+                "transformer).")
         if names.count(name) > 1:
             raise argparse.ArgumentTypeError(
                 f"the arm {name!r} is listed twice in {text!r}.")
@@ -109,8 +131,10 @@ def _arm_names(text):
 def add_arguments(parser):
     """Adds the demo's options to `parser` (an argparse parser whose
     formatter keeps the description's line breaks, for the arm table)."""
-    parser.description = DESCRIPTION.format(arms=_arm_lines(),
-                                            quick_time=QUICK_TIME)
+    parser.description = DESCRIPTION.format(
+        arms=_arm_lines(), quick_time=QUICK_TIME,
+        transformer_arms=_arm_lines(catalog.TRANSFORMER_ARMS),
+        transformer_time=TRANSFORMER_QUICK_TIME)
     size = parser.add_mutually_exclusive_group()
     quick, full = catalog.QUICK, catalog.FULL
     size.add_argument(
@@ -125,12 +149,23 @@ def add_arguments(parser):
              f"{','.join(f'{lr:g}' for lr in full.lrs)}, every arm, also on "
              f"the control; {FULL_TIME}")
     parser.set_defaults(preset=None)  # the quick preset, untyped
+    tq, tf = catalog.TRANSFORMER_QUICK, catalog.TRANSFORMER_FULL
+    parser.add_argument(
+        "--experiment", choices=tuple(catalog.EXPERIMENTS), default="cnn",
+        help="cnn (the default): the small CNN and ULMFiT's recipes; "
+             "transformer: a KerasHub ViT and the transformer recipes (LLRD, "
+             "LP-FT, LoRA and LoRA+), with each paper's claim beside what "
+             f"the run measured. Its --quick: {len(tq.seeds)} seeds, base "
+             f"rates {','.join(f'{lr:g}' for lr in tq.lrs)}, every arm, no "
+             f"control, {TRANSFORMER_QUICK_TIME}; its --full: "
+             f"{len(tf.seeds)} seeds, {len(tf.lrs)} base rates")
     parser.add_argument(
         "--out", metavar="DIR",
         help="also write results.csv (one row per run), results.md (the "
              "tables, setup and machine) and three PNG plots "
              "(accuracy_vs_lr.png, forgetting_and_shift.png, "
-             "learning_rates.png) into DIR, created if missing; existing "
+             "learning_rates.png; also llrd.png and lora_plus.png with "
+             "--experiment transformer) into DIR, created if missing; existing "
              "files of those names are replaced")
     parser.add_argument(
         "--seeds", metavar="N", type=_count("--seeds", 1, 100),
@@ -142,7 +177,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--arms", metavar="ARM,ARM,...", type=_arm_names,
         help="run only these arms (and the pretrained ones among them on the "
-             f"control); from: {', '.join(catalog.NAMES)}")
+             f"control); from: {', '.join(catalog.NAMES)}; with --experiment "
+             f"transformer, from: {', '.join(catalog.TRANSFORMER_NAMES)}")
     parser.add_argument(
         "--no-control", action="store_true",
         help="skip the control (pretraining on pixel-shuffled images)")
@@ -160,15 +196,26 @@ def config_from(args):
     """The `experiment.Config` the parsed options ask for."""
     from difflr.demo import experiment
 
-    config = experiment.FULL if args.preset == "full" else experiment.QUICK
+    presets = {"cnn": (experiment.QUICK, experiment.FULL),
+               "transformer": (catalog.TRANSFORMER_QUICK,
+                               catalog.TRANSFORMER_FULL)}
+    quick, full = presets[args.experiment]
+    config = full if args.preset == "full" else quick
     changes = {}
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
     if args.lrs is not None:
         changes["lrs"] = args.lrs
     if args.arms is not None:
+        names = tuple(a.name for a in catalog.arm_infos(args.experiment))
+        wrong = [name for name in args.arms if name not in names]
+        if wrong:
+            raise ValueError(
+                f"--arms: {', '.join(wrong)} is not an arm of --experiment "
+                f"{args.experiment}, whose arms are {', '.join(names)}.")
         changes["arms"] = args.arms
-        changes["control_arms"] = args.arms
+        # The transformer's presets have no control: --arms adds none.
+        changes["control_arms"] = args.arms if config.control_arms else ()
     if args.no_control:
         changes["control_arms"] = ()
     if args.shots is not None:
@@ -185,6 +232,8 @@ def command_line(args):
     # The preset is always written out, so that the record still says
     # what ran if the default changes.
     words = ["python", "-m", "difflr", "demo", f"--{args.preset or 'quick'}"]
+    if args.experiment != "cnn":
+        words += ["--experiment", args.experiment]
     for option in ("seeds", "shots", "epochs"):
         if getattr(args, option) is not None:
             words += [f"--{option}", str(getattr(args, option))]
@@ -206,13 +255,18 @@ def what_it_can_show(config):
     lines = [f"With {seeds} seed{'s' if seeds > 1 else ''}, differences "
              "between arms smaller than their spread over seeds are noise"
              + ("" if seeds > 1 else " that one seed cannot measure") + "."]
-    if config.lrs != catalog.FULL.lrs or seeds < len(catalog.FULL.seeds):
+    full = (catalog.TRANSFORMER_FULL if config.experiment == "transformer"
+            else catalog.FULL)
+    if config.lrs != full.lrs or seeds < len(full.seeds):
         lines.append(
             f"The best rates are picked from {rates} base rate"
             f"{'s' if rates > 1 else ''} "
-            f"({', '.join(f'{lr:g}' for lr in config.lrs)}); docs/demo.md "
-            "reports --full (5 seeds x 7 rates, 0.0001 to 0.1), whose "
-            "claims rest on rates this grid may not have.")
+            f"({', '.join(f'{lr:g}' for lr in config.lrs)}); "
+            + ("docs/demo.md reports --full" if full is catalog.FULL
+               else "--experiment transformer --full runs")
+            + f" ({len(full.seeds)} seeds x {len(full.lrs)} rates, "
+            f"{min(full.lrs):g} to {max(full.lrs):g}), whose claims rest on "
+            "rates this grid may not have.")
     return "\n".join(lines)
 
 
@@ -230,19 +284,21 @@ def _check_out(out):
     return None
 
 
-def _missing_dependencies(need_plots):
+def _missing_dependencies(need_plots, experiment="cnn"):
     missing = []
-    for module in ("sklearn",) + (("matplotlib",) if need_plots else ()):
+    for module in (("sklearn",) + (("matplotlib",) if need_plots else ())
+                   + (("keras_hub",) if experiment == "transformer" else ())):
         try:
             __import__(module)
         except ImportError:
-            missing.append({"sklearn": "scikit-learn"}.get(module, module))
+            missing.append({"sklearn": "scikit-learn",
+                            "keras_hub": "keras-hub"}.get(module, module))
     return missing
 
 
 def run(args, parser):
     """Runs the demo for parsed `args`; returns the exit code."""
-    missing = _missing_dependencies(args.out is not None)
+    missing = _missing_dependencies(args.out is not None, args.experiment)
     if missing:
         one = len(missing) == 1
         print(f"difflr demo needs {' and '.join(missing)}, which "
@@ -259,7 +315,10 @@ def run(args, parser):
     from difflr.demo import experiment
     from difflr.demo import report
 
-    config = config_from(args)
+    try:
+        config = config_from(args)
+    except ValueError as e:
+        parser.error(str(e))
     runs = len(config.seeds) * len(config.lrs) * sum(
         len(experiment.arms_for(config, s)) for s in experiment.sources(config))
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -277,5 +336,5 @@ def run(args, parser):
     print(what_it_can_show(config))
     if args.out is not None:
         report.write_all(results, args.out, command_line(args))
-        print(f"Wrote {', '.join(report.FILES)} to {args.out}.")
+        print(f"Wrote {', '.join(report.files(config))} to {args.out}.")
     return 0

@@ -18,6 +18,12 @@ trains on), in one pass of its body (`MEASURES`):
   whose body was not pretrained;
 - `translated`, `noisy`: the new task's test accuracy on the same images under
   each distribution shift of `SHIFTED`, drawn per seed.
+
+With `Config.curve`, each run also records `curve`: the new task's test
+accuracy after every epoch (the transformer experiment's steps to a target).
+
+`config.experiment` picks the network and the arms: the CNN (`network`,
+`arms`) or the KerasHub ViT (`transformer`), imported only when it runs.
 """
 
 import contextlib
@@ -83,13 +89,32 @@ def sources(config):
     return (DIGITS, CONTROL) if config.control_arms else (DIGITS,)
 
 
+def arms_of(config):
+    """`{name: Arm}` of `config.experiment`, in the order of its catalog."""
+    catalog.arm_infos(config.experiment)  # a clear error for a bad name
+    if config.experiment == "transformer":
+        from difflr.demo import transformer
+
+        return transformer.ARMS
+    return arms_lib.ARMS
+
+
+def network_of(config):
+    """The module that builds and pretrains `config.experiment`'s network."""
+    if config.experiment == "transformer":
+        from difflr.demo import transformer
+
+        return transformer
+    return network
+
+
 def arms_for(config, source):
-    """The arms run for `source`, in the order of `arms.ARMS`."""
+    """The arms run for `source`, in the order of `arms_of(config)`."""
     if source == DIGITS:
-        return [arm for name, arm in arms_lib.ARMS.items()
+        return [arm for name, arm in arms_of(config).items()
                 if name in config.arms]
     # Training from scratch does not depend on the pretraining.
-    return [arm for name, arm in arms_lib.ARMS.items()
+    return [arm for name, arm in arms_of(config).items()
             if name in config.control_arms and arm.pretrained]
 
 
@@ -106,6 +131,7 @@ def run(config, log=print):
     start = time.perf_counter()
     x, y = data.load()
     pretrain_idx, finetune_idx = data.halves(y)
+    pretrain_idx = pretrain_idx[:config.pretrain_images]  # None: all
     runs, pretraining = [], []
     with _single_threaded_torch():
         for seed in config.seeds:
@@ -153,7 +179,7 @@ def _pretrain(x_pre, y_pre, tests, seed, source, config, pretraining, log):
     began = time.perf_counter()
     if source == CONTROL:
         x_pre = data.permute_pixels(x_pre, seed)
-    weights, head, heldout = network.pretrain(
+    weights, head, heldout = network_of(config).pretrain(
         x_pre, y_pre, tests.x_pretask, tests.y_pretask, seed,
         config.pretrain_epochs)
     pretraining.append(dict(source=source, seed=seed,
@@ -174,17 +200,39 @@ def fine_tune(arm, pretrained, lr, seed, config, x_train, y_train, tests):
     Returns:
         `{measure: value}` for each of `MEASURES`, measured on `tests`.
     """
+    net = network_of(config)
     keras.utils.set_random_seed(seed)
-    body = network.build_body()
-    model = network.build_model(body, data.TASK_CLASSES)
+    body = net.build_body()
+    model = net.build_model(body, data.TASK_CLASSES)
     if arm.pretrained:
         body.set_weights(pretrained[0])
     optimizer, callbacks = arm.plan(model, lr, config.epochs)
-    model.compile(optimizer, network.LOSS)
+    curve = _Curve(tests) if config.curve else None
+    model.compile(optimizer, net.LOSS)
     model.fit(x_train, y_train, batch_size=config.batch_size,
-              epochs=config.epochs, callbacks=callbacks, shuffle=True,
+              epochs=config.epochs,
+              callbacks=callbacks + ([curve] if curve else []), shuffle=True,
               verbose=0)
-    return evaluate(model, pretrained[1] if arm.pretrained else None, tests)
+    measures = evaluate(model, pretrained[1] if arm.pretrained else None,
+                        tests)
+    if curve is not None:
+        measures["curve"] = curve.accuracies
+    return measures
+
+
+class _Curve(keras.callbacks.Callback):
+    """The new task's test accuracy after every epoch, in `accuracies`."""
+
+    def __init__(self, tests):
+        super().__init__()
+        self.tests = tests
+        self.accuracies = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        [accuracy] = network.accuracies(
+            self.model.get_layer("body"), [self.model.get_layer("head")],
+            [self.tests.x], [self.tests.y])
+        self.accuracies.append(accuracy)
 
 
 def evaluate(model, pretrained_head, tests):

@@ -70,10 +70,12 @@ def accuracies(body, heads, images, labels):
     return scores
 
 
-def pretrain(x, y, x_heldout, y_heldout, seed, epochs, batch_size=64):
+def pretrain(x, y, x_heldout, y_heldout, seed, epochs, batch_size=64,
+             build=build_body):
     """Trains a fresh body with a 10-way head on `x` (shift-augmented).
 
     Plain Adam at 1e-3, `epochs` passes over the five shifted copies.
+    `build` makes the fresh body (the transformer experiment's is a ViT).
 
     Returns:
         `(body_weights, head_weights, heldout_accuracy)`: the weights of the
@@ -81,7 +83,7 @@ def pretrain(x, y, x_heldout, y_heldout, seed, epochs, batch_size=64):
         on `x_heldout`, to show what was learned.
     """
     keras.utils.set_random_seed(seed)
-    body = build_body()
+    body = build()
     model = build_model(body, data.CLASSES)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
     x_aug, y_aug = data.shift_augment(x, y)

@@ -38,6 +38,7 @@ import numpy as np
 
 import difflr
 from difflr.demo import arms as arms_lib
+from difflr.demo import catalog
 from difflr.demo import data
 from difflr.demo import experiment
 from difflr.demo import network
@@ -48,6 +49,16 @@ CSV_COLUMNS = ("source", "arm", "ulmfit_row", "seed", "base_lr",
                "noisy_accuracy")
 FILES = ("results.csv", "results.md", "accuracy_vs_lr.png",
          "learning_rates.png", "forgetting_and_shift.png")
+
+
+def files(config):
+    """The files `write_all` writes for `config`: `FILES`, and the
+    transformer experiment's figures per claim."""
+    if config.experiment == "transformer":
+        from difflr.demo import transformer_report
+
+        return FILES + transformer_report.FILES
+    return FILES
 # Column titles of `experiment.MEASURES`.
 TITLES = {"accuracy": "new task", "retained": "retained 10-way",
           "translated": "translated", "noisy": "noisy"}
@@ -256,9 +267,14 @@ def _kept_notes(results, source):
     ]
 
 
-def _accuracy_lines(rows, paired):
+def _row_title(config):
+    """What the second column names: ULMFiT's row, or the recipe's paper."""
+    return "ULMFiT row" if config.experiment == "cnn" else "recipe"
+
+
+def _accuracy_lines(rows, paired, row_title="ULMFiT row"):
     """The terminal's table of the new task: best, worst, against full."""
-    head = (f"{'arm':<12} {'ULMFiT row':<19} "
+    head = (f"{'arm':<12} {row_title:<19} "
             f"{'best over the grid':<26} {'worst over the grid':<26}")
     sub = (f"{'':<12} {'':<19} "
            f"{'accuracy':<17}{'lr':<9} {'accuracy':<17}{'lr':<9}")
@@ -331,7 +347,7 @@ def table(results):
         paired = any(s.vs_full is not None for s in rows)
         lines += ["", experiment.SOURCE_TITLES[source],
                   _setup(config).replace("`", ""), ""]
-        lines += _accuracy_lines(rows, paired)
+        lines += _accuracy_lines(rows, paired, _row_title(config))
         lines += ["", "What fine-tuning kept, at each arm's best rate "
                   "for the new task" + (" (paired: minus full at its best "
                                         "rate, seeds won)" if paired else "")]
@@ -345,7 +361,12 @@ def table(results):
                 lines += ["", f"mean {title}accuracy at each base "
                               "learning rate"]
                 lines += _grid_lines(rows, config.lrs, name)
-    return "\n".join(lines).lstrip("\n")
+    text = "\n".join(lines).lstrip("\n")
+    if config.experiment == "transformer":
+        from difflr.demo import transformer_report
+
+        text += "\n" + transformer_report.section(results)
+    return text
 
 
 def machine():
@@ -397,7 +418,8 @@ def write_csv(results, path):
     `retained_accuracy` is empty for `scratch`, whose body was not
     pretrained.
     """
-    rows = [(r["source"], r["arm"], arms_lib.ARMS[r["arm"]].ulmfit_row,
+    arms = experiment.arms_of(results.config)
+    rows = [(r["source"], r["arm"], arms[r["arm"]].ulmfit_row,
              r["seed"], repr(float(r["lr"])))
             + tuple(_cell(r.get(name)) for name in experiment.MEASURES)
             for r in results.runs]
@@ -426,7 +448,8 @@ def markdown(results, command, info=None):
       f"Python {info['python']}; {results.seconds:.0f} s in all.")
     w()
     w(f"Setup: {_setup(config)}. Base learning rates "
-      f"{', '.join(_lr(lr) for lr in config.lrs)} (Adam, constant; the "
+      f"{', '.join(_lr(lr) for lr in config.lrs)} "
+      f"({catalog.OPTIMIZER_WORDS[config.experiment]}, constant; the "
       f"head's rate); an epoch is {config.repeats} passes over the "
       f"{config.shots * data.CLASSES} labelled images in batches of "
       f"{config.batch_size}. Best and worst: the base rates with the "
@@ -447,7 +470,7 @@ def markdown(results, command, info=None):
     w("## Arms")
     w()
     for name in config.arms:
-        arm = arms_lib.ARMS[name]
+        arm = experiment.arms_of(config)[name]
         row = arm.ulmfit_row  # parenthesised when not a row of Table 7
         row = row if row.startswith("(") else f"({row})"
         w(f"- `{arm.name}` {row}: {arm.description}.")
@@ -458,6 +481,10 @@ def markdown(results, command, info=None):
       "accuracy, seed by seed, against full](forgetting_and_shift.png)")
     w()
     w("![Effective learning rate per layer](learning_rates.png)")
+    if config.experiment == "transformer":
+        from difflr.demo import transformer_report
+
+        w(transformer_report.markdown(results))
     return out.getvalue()
 
 
@@ -471,7 +498,8 @@ def _markdown_source(w, results, source, rows):
              source == experiment.CONTROL else "") + ").")
     paired = any(s.vs_full is not None for s in rows)
     w()
-    w("| arm | ULMFiT row | best accuracy | at lr | worst accuracy "
+    w(f"| arm | {_row_title(results.config)} | best accuracy | at lr "
+      "| worst accuracy "
       "| at lr |" + (" best - full's best, paired (seeds won) |"
                      if paired else ""))
     w("|---|---|---|---|---|---|" + ("---|" if paired else ""))
@@ -516,7 +544,8 @@ def write_markdown(results, path, command, info=None):
     _write_atomic(path, lambda f: f.write(text))
 
 
-def _pyplot():
+def pyplot():
+    """`matplotlib.pyplot`, drawing to files only; a clear error without it."""
     try:
         import matplotlib
 
@@ -530,8 +559,13 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path):
+    """Writes `fig` to `path` as a PNG (atomically), then closes it."""
+    _save(fig, path)
+
+
 def _save(fig, path):
-    plt = _pyplot()
+    plt = pyplot()
     try:
         _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100),
                       mode="wb")
@@ -539,24 +573,24 @@ def _save(fig, path):
         plt.close(fig)
 
 
-def _arm_styles(plt):
+def arm_styles(plt, names=tuple(arms_lib.ARMS)):
     """`{arm: (color, marker, line style)}`, the same in every figure.
 
     Arms that tie (scratch and full collapse to the same floor at 0.1)
     would hide one another: each arm gets its own marker and line style.
     """
     return {name: style for name, *style in zip(
-        arms_lib.ARMS, plt.get_cmap("tab10").colors, "osD^vP*X",
+        names, plt.get_cmap("tab10").colors, "osD^vP*X",
         ["-", "--", "-", "-.", ":", "--", "-.", ":"])}
 
 
-def _legend_below(fig, axes):
+def _legend_below(fig, axes, names=tuple(arms_lib.ARMS)):
     """One legend for all panels (scratch is only in some), below them."""
     legend = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    order = [name for name in arms_lib.ARMS if name in legend]
+    order = [name for name in names if name in legend]
     fig.legend([legend[name] for name in order], order, loc="lower center",
                ncol=len(order), fontsize="small", frameon=False)
 
@@ -569,16 +603,17 @@ def _seeds_title(config):
 
 def plot_accuracy(results, path):
     """Mean accuracy (± std) against base learning rate, one line per arm."""
-    plt = _pyplot()
+    plt = pyplot()
     config = results.config
     summaries = summarize(results)
     sources = experiment.sources(config)
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4.2),
                              sharey=True, squeeze=False)
-    styles = _arm_styles(plt)
+    names = tuple(experiment.arms_of(config))
+    styles = arm_styles(plt, names)
     # Arms are also shifted a little along the (log) rate axis.
-    offsets = {name: 1.04 ** (i - (len(arms_lib.ARMS) - 1) / 2)
-               for i, name in enumerate(arms_lib.ARMS)}
+    offsets = {name: 1.04 ** (i - (len(names) - 1) / 2)
+               for i, name in enumerate(names)}
     floor = float(np.mean([data.majority_share(config.shots, seed)
                            for seed in config.seeds]))
     for ax, source in zip(axes[0], sources):
@@ -600,7 +635,7 @@ def plot_accuracy(results, path):
                      fontsize="medium")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (digit % 3)")
-    _legend_below(fig, axes[0])
+    _legend_below(fig, axes[0], names)
     fig.suptitle(_seeds_title(config), fontsize="medium")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
@@ -628,18 +663,18 @@ def plot_forgetting_and_shift(results, path):
     each arm, its paired difference from `full` (`_forest_label`), in grey
     when the seeds cannot separate the two.
     """
-    plt = _pyplot()
+    plt = pyplot()
     config = results.config
     summaries = summarize(results)
     sources = experiment.sources(config)
     names = ("accuracy",) + KEPT
     rows = [[s for s in summaries if s.source == source] for source in sources]
+    styles = arm_styles(plt, tuple(experiment.arms_of(config)))
     fig, axes = plt.subplots(
         len(sources), len(names), sharex="col", sharey="row", squeeze=False,
         figsize=(3.1 * len(names), 0.42 * sum(map(len, rows))
                  + 1.5 * len(sources) + 0.9),
         gridspec_kw=dict(height_ratios=[len(r) + 1.5 for r in rows]))
-    styles = _arm_styles(plt)
     for panels, source, arms in zip(axes, sources, rows):
         for ax, name in zip(panels, names):
             _forest_panel(ax, arms, name, styles)
@@ -726,20 +761,20 @@ def _pretrained_line(ax, pretrained):
                 va="center", fontsize="x-small", color="0.3")
 
 
-def _rate_states(arm, lr, epochs):
+def rate_states(arm, lr, epochs, net=network):
     """A fresh model, `arm`'s optimizer (built) and its callbacks (begun).
 
     The callers then drive the callbacks (gradual unfreezing) through the
     epochs by hand, without training, as `fit` calls them.
     """
     keras.utils.set_random_seed(0)
-    model = network.build_model(network.build_body(), data.TASK_CLASSES)
+    model = net.build_model(net.build_body(), data.TASK_CLASSES)
     optimizer, callbacks = arm.plan(model, lr, epochs)
     if not isinstance(optimizer, difflr.LRMultiplier):
         # A plain optimizer trains every variable at its rate, which is
         # what an LRMultiplier without rules shows.
         optimizer = difflr.LRMultiplier(optimizer)
-    model.compile(optimizer, network.LOSS)
+    model.compile(optimizer, net.LOSS)
     optimizer.build(model.trainable_variables)
     for callback in callbacks:
         callback.set_model(model)
@@ -752,9 +787,9 @@ def _multipliers(model, optimizer):
                  for v in model.trainable_variables)
 
 
-def _distinct_epochs(arm, lr, epochs):
+def _distinct_epochs(arm, lr, epochs, net=network):
     """The epochs at which `arm`'s multipliers change (the first included)."""
-    model, optimizer, callbacks = _rate_states(arm, lr, epochs)
+    model, optimizer, callbacks = rate_states(arm, lr, epochs, net)
     seen, changes = None, []
     for epoch in range(epochs):
         for callback in callbacks:
@@ -772,22 +807,27 @@ def plot_learning_rates(config, path, lr=None):
     One panel per arm and per epoch at which its rates change (gradual
     unfreezing), at base rate `lr` (defaults to the middle of the grid).
     """
-    plt = _pyplot()
+    plt = pyplot()
     lr = config.lrs[len(config.lrs) // 2] if lr is None else lr
     names = [n for n in config.arms if n != "scratch"]  # same rates as full
+    arms, net = experiment.arms_of(config), experiment.network_of(config)
+    states = {name: rate_states(arms[name], lr, config.epochs, net)
+              for name in names}
+    # Only callbacks change the multipliers between epochs: an arm without
+    # any has one panel, and needs no second model to find when they change.
     panels = [(name, epoch) for name in names
-              for epoch in _distinct_epochs(arms_lib.ARMS[name], lr,
-                                            config.epochs)]
+              for epoch in (_distinct_epochs(arms[name], lr, config.epochs,
+                                             net)
+                            if states[name][2] else [0])]
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, sharey=True, squeeze=False,
                              figsize=(3.2 * columns, 2.5 * rows))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    k = 0
+    k, top = 0, 1.0
     for name in names:
-        arm = arms_lib.ARMS[name]
-        model, optimizer, callbacks = _rate_states(arm, lr, config.epochs)
+        model, optimizer, callbacks = states[name]
         epochs = [e for n, e in panels if n == name]
         for epoch in range(config.epochs):
             for callback in callbacks:
@@ -798,9 +838,13 @@ def plot_learning_rates(config, path, lr=None):
                 else config.epochs
             span = (f"epoch {epoch + 1}" if last == epoch + 1
                     else f"epochs {epoch + 1}-{last}")
-            _rate_panel(axes.flat[k], model, optimizer, lr,
-                        f"{name}: {span}" if len(epochs) > 1 else name)
+            top = max(top, _rate_panel(
+                axes.flat[k], model, optimizer, lr,
+                f"{name}: {span}" if len(epochs) > 1 else name))
             k += 1
+    # The same scale in every panel (they share it): up to twice the fastest
+    # rate of all (LoRA+'s B matrices train 16 times faster than the head).
+    axes.flat[0].set_ylim(lr * 0.02, lr * 2 * top)
     for row in axes:
         row[0].set_ylabel("effective learning rate", fontsize="small")
     fig.suptitle(f"Effective learning rate of each layer's kernel and bias at "
@@ -809,28 +853,44 @@ def plot_learning_rates(config, path, lr=None):
     _save(fig, path)
 
 
+def _short(name):
+    """A layer's name as a tick label: KerasHub's ViT names are long."""
+    return (name.replace("vit_patching_and_embedding", "embed")
+            .replace("transformer_block_", "block"))
+
+
 def _rate_panel(ax, model, optimizer, lr, title):
-    """`difflr.plot` of one state, its variables named by layer below."""
+    """`difflr.plot` of one state, its variables named by layer below.
+
+    Returns its largest multiplier (at least 1), for the common scale.
+    """
     difflr.plot(model, optimizer, ax=ax)
     for number in list(ax.texts):  # the group numbers: named below instead
         number.remove()
     if ax.get_legend() is not None:
         ax.get_legend().remove()
     ticks, names, start = [], [], 0
+    trainable = model.trainable_variables
     for group in difflr.groups(model):
-        size = sum(len(layer.trainable_variables) for layer in group)
+        # Counted from the model's trainable variables: after KerasHub's
+        # enable_lora a block is not trainable (its `trainable_variables`
+        # is empty) while its LoRA layers inside it train.
+        inside = {id(v) for layer in group for v in layer.variables}
+        size = sum(id(v) in inside for v in trainable)
         ticks.append(start + (size - 1) / 2)
-        names.append("+".join(layer.name for layer in group))
+        names.append("+".join(_short(layer.name) for layer in group))
         start += size
     ax.set_xticks(ticks, names)
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.set_title(title, fontsize="medium")
-    ax.set_ylim(lr * 0.02, lr * 2)  # the same scale in every panel
+    return max([1.0] + [optimizer.multiplier_for(v)
+                        for v in model.trainable_variables])
 
 
 def write_all(results, out_dir, command):
-    """Writes every file of `FILES` into `out_dir` (which must exist)."""
+    """Writes every file of `files(config)` into `out_dir` (which must
+    exist)."""
     write_csv(results, os.path.join(out_dir, "results.csv"))
     write_markdown(results, os.path.join(out_dir, "results.md"), command)
     plot_accuracy(results, os.path.join(out_dir, "accuracy_vs_lr.png"))
@@ -838,3 +898,7 @@ def write_all(results, out_dir, command):
         results, os.path.join(out_dir, "forgetting_and_shift.png"))
     plot_learning_rates(results.config,
                         os.path.join(out_dir, "learning_rates.png"))
+    if results.config.experiment == "transformer":
+        from difflr.demo import transformer_report
+
+        transformer_report.write_all(results, out_dir)
