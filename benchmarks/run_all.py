@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _common as c  # noqa: E402
+import compile_cost  # noqa: E402
 import first_call  # noqa: E402
 import memory  # noqa: E402
 import op_counts  # noqa: E402
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "set_multipliers": set_multipliers,
     "scheduled": scheduled,
     "first_call": first_call,
+    "compile_cost": compile_cost,
 }
 
 
@@ -64,17 +66,21 @@ def run(backends, quick, names=None, into=None):
         began, load_before = time.time(), c.load_average()
         started = time.strftime("%Y-%m-%d %H:%M")
         print(f"[{time.strftime('%H:%M:%S')}] {name} on {', '.join(chosen)}", flush=True)
-        per_backend = c.run_per_backend(module.__file__, chosen, options)
+        devices = {}
+        per_backend = c.run_per_backend(module.__file__, chosen, options, devices)
+        print(c.device_lines(devices), flush=True)
         if into is not None:
             # Backends not run this time keep their earlier results.
             earlier = results["runs"].get(name, {}).get("results", {})
             results["runs"][name] = {
                 "options": options, "results": {**earlier, **per_backend},
                 "seconds": time.time() - began, "machine": c.machine(),
-                "started": started, "load": [load_before, c.load_average()]}
+                "started": started, "load": [load_before, c.load_average()],
+                "devices": {**results["runs"].get(name, {}).get("devices", {}),
+                            **devices}}
             continue
         results["runs"][name] = {"options": options, "results": per_backend,
-                                 "seconds": time.time() - began}
+                                 "seconds": time.time() - began, "devices": devices}
         results.setdefault("load_during", []).append(c.load_average())
     if into is not None:
         return results
@@ -174,6 +180,18 @@ def targets(results):
     return "\n".join(lines) + "\n"
 
 
+def _devices(results):
+    """The devices the runs computed on, as a sentence for the report's
+    header (empty for results recorded before runs recorded them)."""
+    from difflr._machine import device_line
+
+    seen = {}
+    for run in results["runs"].values():
+        for found in run.get("devices", {}).values():
+            seen.setdefault(device_line(found), None)
+    return f" Devices: {'; '.join(seen)}." if seen else ""
+
+
 def _backends(results):
     seen = []
     for run in results["runs"].values():
@@ -196,6 +214,7 @@ def render(results, image):
     # The benchmarks alone reach 1.6 (JAX and TensorFlow run several threads);
     # above the 2 cores, something else was running.
     busy = bool(before and after and max([before[0], after[0]] + during) > 2.0)
+    devices = _devices(results)
     parts = [
         "# Performance\n",
         "How much `difflr.LRMultiplier` costs against the plain optimizer it wraps, "
@@ -205,7 +224,7 @@ def render(results, image):
         f"Measured {results['started']} on {m['cpu']} ({m['cores']} cores), Python "
         f"{m['python']}, {versions}; environment: {env}. The run took "
         f"{results['seconds'] / 60:.0f} minutes. One-minute load average before / after: "
-        f"{load}.",
+        f"{load}.{devices}",
     ]
     if busy:
         parts.append("\n> **Load**: the one-minute load average went above 2 on this "
@@ -268,6 +287,12 @@ def render(results, image):
         FIRST_CALL,
         "`python benchmarks/first_call.py`\n",
         _report("first_call", results),
+        "\n## How the first call grows with the model\n",
+        COMPILE_COST,
+        "`python benchmarks/compile_cost.py`\n",
+        ("![first call against trainable variables](img/compile_cost.png)\n"
+         if "compile_cost" in results["runs"] else ""),
+        _report("compile_cost", results),
         "\n## What a step executes\n",
         "Counted, not timed: these do not depend on the machine's load. "
         "`python benchmarks/op_counts.py`\n",
@@ -277,6 +302,7 @@ def render(results, image):
         "cost the same; this is what remains of difflr's overhead there (see *How the "
         "wrapper keeps each backend's fused path*). `python benchmarks/tf_split.py`\n",
         _report("tf_split", results),
+        "\n" + ACCELERATOR,
         HOW,
     ]
     return "\n".join(parts)
@@ -357,6 +383,159 @@ splits it as JAX reports it (`jax.monitoring`).
   an optimization barrier (XLA on CPU removes it before fusing), a
   conditional, a one-trip `while` loop, slicing before multiplying, and
   one-hot dot products.
+
+  Measured again on 2026-12-07 (a branch, `wip/issue-25-jax-split`, keeps
+  the code): each variable's scalars split out of the vectors by one
+  variadic reduction per 64 variables (`out_j = x_j + 0`, exact) bring the
+  compiled step of this model from 315 distinct kernels to 139 (plain:
+  134), and its first call from 1.33 (no rules) and 1.40 (LLRD) times
+  plain's to 1.09 and 1.10 (A/A 1.03 and 1.01; one session, old code then
+  new, 2 Xeon cores with a light load). But the optimizer-bound step of
+  `step_time.py` (7 rounds, same session) became 5.7-7.5% slower than
+  plain (A/A within 3.4%) against 2.1-3.8% for the slices: the same
+  trade-off as before, and the same choice. The split also grows with the
+  model (2.2 / 3.3 / 10.8 s of XLA compilation for plain / split / slices
+  at 196 BERT-shaped Adam variables, 3.7 / 5.9 / 13.1 s at 964, compiled
+  alone): its reductions each read their own slice of the vectors.
+"""
+
+COMPILE_COST = """The first call of the section above, across model sizes, so that a
+user can read off what difflr adds at their model's size. It is timed as a
+user pays it: difflr's rules, the optimizer, `model.compile` and a one-step
+`fit` (trace, compile, one step), each timing in a fresh Python process with
+a fresh model and a fresh optimizer, so that nothing traced or compiled
+before is reused (JAX's persistent compilation cache and TorchInductor's
+caches are off; imports and building the model, the same for every variant,
+are not timed). The model is a transformer-like stack: an embedding, blocks
+of attention, two layer norms and a two-layer MLP (width 128, 16 variables
+a block, as a KerasHub `BertBackbone` layer, which `difflr.groups` splits
+by block), a final norm and a head, with as many blocks as come closest to
+each size; AdamW, and the variants of the section above (`layerwise_decay`
+at 0.8, or closer to 1 where the lowest block would get less than 1% of
+the rate). A round times every variant once at every size, in mirrored
+order from round to round (A B C D, then D C B A); a ratio is the median of
+the per-round ratios to plain, and the **plain A/A** column is the noise.
+`jit_compile` is Keras's default (XLA on JAX; on CPU, TensorFlow and torch
+run without XLA or `torch.compile`); `--set jit_compile=true` measures
+those too, and `--sizes` other sizes (the default stops at 1,000 variables
+on JAX and 500 on TensorFlow, to keep the run to about 15 minutes a
+backend).
+
+Not yet measured on a quiet machine: the table below appears when
+`run_all.py` (or `--only compile_cost`) runs it. What is known so far:
+the section above's figures at 196 and 964 variables, for XLA's
+compilation of the update alone.
+"""
+
+ACCELERATOR = """## On an accelerator
+
+Nothing in difflr has run on a GPU or a TPU yet. What depends on the device
+runs in one command, which writes one report:
+
+```bash
+python benchmarks/accelerator.py --out accelerator-report          # on the GPU or TPU machine
+python benchmarks/accelerator.py --quick --out /tmp/accelerator     # a tiny version: checks the command
+```
+
+For each backend, in processes of its own and on the device the backend
+picks (Keras's torch backend takes `cuda` when PyTorch sees one, JAX its
+default platform, TensorFlow its first GPU), it records the device (kind,
+model and count), runs the suite's device-sensitive tests (listed in the
+script: no host synchronisation per step, the fast paths, `torch.compile`,
+distribution, mixed precision, every optimizer against a copy per
+variable), then `step_time.py`, `first_call.py` and `memory.py`, and writes
+`accelerator.md` and `accelerator.json`; it exits non-zero if a test failed.
+Every benchmark and `run_all.py` print the device each backend ran on
+("Device: torch on cuda:0 NVIDIA A100-SXM4-40GB (1 device)."), as does the
+header of a `pytest` run. The `--quick` run passes on this CPU-only machine
+(14 minutes on the 2 shared cores).
+
+**No host synchronisation per step.** On an accelerator, a read of a device
+value on the host, or a blocking copy of host data to the device (PyTorch's
+`torch.tensor(x, device="cuda")`, or a tensor indexed by a Python list, is
+one), makes the host wait for every kernel queued before it.
+`tests/test_host_sync.py` checks, on a CPU with the device abstracted, that
+difflr's steady training steps (after the first, and after a
+`set_multipliers`), in `fit` and in a custom loop, wait for the device no
+more than the plain optimizer's, for every update path: the fused "rates"
+plan of SGD, Adam and AdamW, one multiplier for all, the step form, one call
+per group, one variable at a time, each of those with a schedule, a held
+pause, `global_clipnorm`, gradient accumulation and `mixed_float16`.
+
+- **torch**, whose update runs eagerly: every call that reads a tensor on
+  the host (`item`, `tolist`, `numpy`, `bool(t)`, `float(t)`, `.cpu()`,
+  `repr`, ...), copies host data to the device, or has a shape that depends
+  on values (`nonzero`, a boolean index) is recorded with its call stack
+  (a `TorchFunctionMode` and a `TorchDispatchMode`). None may be difflr's,
+  and difflr may cause no more of each kind than the plain optimizer, plus
+  each schedule's own cost once a step (Keras's code, as for a
+  learning-rate schedule). A deliberate `.item()` in the fused update fails
+  16 of its 30 cases. On CUDA the same runs also count what
+  `torch.cuda.set_sync_debug_mode` reports.
+- **JAX and TensorFlow** compile the step, where difflr reads the
+  multipliers as tensors: no line of difflr runs in a steady step (a
+  profiler hook counts its calls: none), and on JAX the steps run under
+  `jax.transfer_guard("disallow")` (a custom loop of `stateless_apply`) or
+  `jax.transfer_guard_device_to_host("disallow")` (`fit`).
+
+What it found on torch, per step, fixed in `difflr/_update` (each a
+blocking copy from the host on CUDA, none a read): Adam's and AdamW's
+restated kernel added 1 to `iterations` as a Keras variable (1 copy); one
+multiplier for all, one call per group and one variable at a time
+multiplied the Keras learning-rate variable by a Python float (1 copy per
+call: per group, per variable for Ftrl); a scheduled optimizer outside the
+"rates" plan indexed the multipliers with Python lists and rebuilt its
+weight-decay coefficients (3 to 4 copies), and evaluated every schedule
+twice (a `CosineDecay` copies 3 constants an evaluation, and one with a
+warm-up also reads a value back). Now difflr's steps copy fewer values
+than the plain optimizer's (Adam in `fit`: 5 a step against 8; Keras's
+Adam casts its Python floats at every step, difflr's kernel made them
+tensors once) and read none. What remains is Keras's own: Keras's torch
+SGD (3.15) reads its rate back with `alpha=-lr` at every step (difflr's
+restated SGD does not), `LossScaleOptimizer` reads 2 conditions a step and
+gradient accumulation 1 (`ops.cond`), and Keras converts Python floats
+to device tensors throughout its optimizers and losses.
+
+Not checked, and known: in an *eager* custom loop on JAX or TensorFlow
+(`optimizer.apply` without `jit` or `tf.function`), difflr reads both
+multiplier vectors to the host at every step (`Rates._split_on_host` in
+`difflr/_update/compiled.py`, which keeps an eager apply from compiling a
+slice per variable) and multiplies the base rate by them on the host, which
+on JAX adds about 3 host-to-device transfers per variable (45 against
+plain's 33 for an Adam step of 4 variables, counted with
+`jax.transfer_guard("log")`). Compiled steps, `fit` and the torch backend
+do not.
+
+**What remains to be measured on a GPU or TPU** (nothing here has run on
+one):
+
+- everything the command reports: the tests, step time, first call and
+  memory on a real device. The device descriptions for CUDA, TPU and
+  TensorFlow's GPUs have not run.
+- the torch host-sync counts as `torch.cuda.set_sync_debug_mode` sees
+  them (on a CPU the count relies on the abstraction: a `.to("cpu")` or
+  `.cuda()` cannot be told from a no-op there, and is counted on an
+  accelerator only), and JAX's device-to-host guard in `fit`, which does
+  nothing on a CPU (there the host is the device).
+- the first call's compilation on JAX, where XLA compiles more slowly
+  per kernel on a GPU (*The first `fit` call*).
+- TensorFlow: with a GPU, Keras compiles the train step with XLA
+  (`jit_compile="auto"`), so the op-by-op analysis above (*TensorFlow: a
+  rate for each variable*) does not describe that step; it is untimed.
+- numerics: float32 matmuls and convolutions may run in TF32 on recent
+  NVIDIA GPUs (JAX's default precision does), against which the suite's
+  tolerances have not been tried; float16 and bfloat16 kernels and loss
+  scaling on a GPU; bfloat16 on a TPU.
+- timings: the timers wait for the device at the end of a timed region
+  (`_common.synchronize`), but `first_call.py` and `set_multipliers.py`
+  read the clock without it, and on JAX `fit` gives no handle to wait on
+  before its first timed batch.
+- memory: `memory.py` counts the numbers in optimizer variables, the same
+  on every device; the device's own peak memory is not measured.
+- several devices: the distribution tests simulate devices on the host
+  (`CUDA_VISIBLE_DEVICES=""`, `JAX_PLATFORMS=cpu`); several GPUs, a TPU
+  slice and NCCL are untested.
+- `torch.compile` on CUDA (Inductor's Triton kernels).
 """
 
 HOW = """
@@ -503,6 +682,10 @@ def main():
     if "scaling" in results["runs"]:
         run_ = results["runs"]["scaling"]
         scaling.plot(run_["results"], run_["options"], os.path.join(args.out, image))
+    if "compile_cost" in results["runs"]:
+        run_ = results["runs"]["compile_cost"]
+        compile_cost.plot(run_["results"], run_["options"],
+                          os.path.join(args.out, "img", "compile_cost.png"))
     if not args.render:
         with open(os.path.join(args.out, "performance.json"), "w") as f:
             json.dump(results, f, indent=1)

@@ -140,7 +140,7 @@ def test_few_groups_of_large_tensors_take_one_call_per_group():
     reference = run_reference(make, lr_mults, decay_mults, grads, shapes=shapes)
     for w, r in zip(wrapped, reference):
         assert_close(w, r, what=w.path)
-    step = [torch.ones(s) for s in shapes]
+    step = [torch.ones_like(v.value) for v in wrapped]  # (on the variables' device)
     with profile() as prof:
         opt.apply(step, wrapped)
     fused = _executed.count_events(prof.events())["foreach"]
