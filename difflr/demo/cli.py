@@ -22,8 +22,7 @@ FULL_TIME = ("about 2 minutes on torch and 9 of CPU time on JAX, on 2 quiet "
              "cores (23 minutes of wall time on JAX on a loaded machine)")
 # `--experiment transformer --quick`: one of its three seeds took 89 s on
 # torch on 2 cores under a load average of 3; not yet timed whole.
-TRANSFORMER_QUICK_TIME = ("about 4 minutes on torch on 2 busy cores "
-                          "(estimated from one seed)")
+TRANSFORMER_QUICK_TIME = ("157 s on torch on 2 quiet cores (docs/demo.md)")
 
 DESCRIPTION = """\
 What differential learning rates buy, on real data, on a laptop CPU with no
