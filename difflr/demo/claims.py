@@ -121,7 +121,7 @@ def spreads_differ(a, b, level=0.95):
 def _interval_text(mean, low, high):
     if math.isnan(low):
         return f"{mean:+.3f} (one seed: no interval)"
-    noise = ", within noise" if low <= 0 <= high else ""
+    noise = ", within noise" if direction(low, high) == "within noise" else ""
     return f"{mean:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]{noise}"
 
 
@@ -224,8 +224,9 @@ def lora_comparison(results, by_arm, config):
     first = {arm: [c[0] for c in curves[arm]] for arm in curves}
     d = (np.array(plus.measures["accuracy"].scores[plus.best])
          - np.array(lora.measures["accuracy"].scores[lora.best]))
-    return dict(difference=paired_interval(d), target=target, steps=steps,
-                reach=reach, first=first, curves=curves)
+    early = paired_interval(np.subtract(first["lora+"], first["lora"]))
+    return dict(difference=paired_interval(d), early=early, target=target,
+                steps=steps, reach=reach, first=first, curves=curves)
 
 
 def _curves_at_best(results, summary):
@@ -254,8 +255,7 @@ def _lora_plus(results, by_arm, config):
         f"after {c['steps']} steps (one epoch): lora "
         f"{np.mean(c['first']['lora']):.3f}, lora+ "
         f"{np.mean(c['first']['lora+']):.3f}; lora+ - lora, paired: "
-        + _interval_text(*paired_interval(
-            np.subtract(c["first"]["lora+"], c["first"]["lora"]))),
+        + _interval_text(*c["early"]),
         f"steps to reach {c['target']:.3f} ({TARGET_SHARE:.0%} of the way "
         "from the majority class to the lower final accuracy): lora "
         f"{_mean_steps(c['reach']['lora'], total)}, lora+ "
@@ -271,8 +271,7 @@ def _lora_plus(results, by_arm, config):
 
 def _lora_plus_verdict(c, by_arm):
     final = direction(*c["difference"][1:])
-    early = direction(*paired_interval(
-        np.subtract(c["first"]["lora+"], c["first"]["lora"]))[1:])
+    early = direction(*c["early"][1:])
     words = {"higher": "reproduced", "lower": "not reproduced, LoRA+ lower",
              "within noise": "not reproduced, no difference"}
     text = (f"accuracy: {words[final]}; faster (after one epoch): "
@@ -303,24 +302,22 @@ def _lp_ft(by_arm):
 
 
 def _lp_ft_verdict(by_arm):
+    shifts = {name: {m: direction(*_paired(by_arm[name], m)[1:])
+                     for m in ("translated", "noisy")}
+              for name in OOD_ARMS if name in by_arm}
     texts = []
-    for name in OOD_ARMS:
-        s = by_arm.get(name)
-        if s is None:
-            continue
-        shifts = {m: direction(*_paired(s, m)[1:]) for m in ("translated", "noisy")}
-        kept = [m for m, v in shifts.items() if v == "higher"]
-        lost = [m for m, v in shifts.items() if v == "lower"]
+    for name, directions in shifts.items():
+        kept = [m for m, v in directions.items() if v == "higher"]
+        lost = [m for m, v in directions.items() if v == "lower"]
         text = f"{name}: kept more under {' and '.join(kept) or 'no shift'}"
         if lost:
             text += f", less under {' and '.join(lost)}"
         texts.append(text)
     if not texts:
         return ""
-    lp_ft = by_arm.get("lp-ft")
-    head = ("reproduced" if lp_ft is not None and all(
-        direction(*_paired(lp_ft, m)[1:]) == "higher"
-        for m in ("translated", "noisy")) else "not reproduced by lp-ft")
+    head = ("reproduced" if "lp-ft" in shifts and all(
+        v == "higher" for v in shifts["lp-ft"].values())
+        else "not reproduced by lp-ft")
     return f"{head} ({'; '.join(texts)}; against full, paired)"
 
 
