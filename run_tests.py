@@ -6,8 +6,19 @@ runs no test at all (pytest's exit code 5), or skips a test for a reason not
 in `EXPECTED_SKIPS`: a skip that hides a missing install step (a test
 dependency that does not import) is a failure, not a pass. The summary gives
 each backend's skips, expected and unexpected.
+
+`DIFFLR_BACKENDS=torch,jax` picks the backends (and their order).
+`DIFFLR_JOBS` is how many passes run at a time: 2 by default (one a core on
+a 2-core machine; the suite has no timed test), 1 to run them one after the
+other. Side by side, each pass's output goes to a temporary file and is
+printed whole, under its backend's header, when the pass ends.
+
+Tests marked `backend_free` (their result cannot depend on the backend) run
+in the run's first pass only (`DIFFLR_BACKEND_FREE_PASS`, set here for every
+pass) and are skipped in the others; plain `pytest` runs them always.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -21,21 +32,31 @@ _CHILD = "--pytest-child"  # (internal) run pytest here, recording skips
 
 
 def _off(name):
-    return lambda backend, keras: backend != name
+    return lambda backend, keras, run: backend != name
 
 
 def _only(name):
-    return lambda backend, keras: backend == name
+    return lambda backend, keras, run: backend == name
+
+
+def _backend_free_elsewhere(name):
+    """A backend-free test skipped in this pass: only where the pass it
+    names, `name`, is the run's first (where it ran) and not this one."""
+    return lambda backend, keras, run: run[0] == name != backend
 
 
 # The skips a run may have: (reason regex, when: (backend, Keras version as a
-# tuple) -> bool, why it is expected). A skip whose reason matches no entry,
-# or matches one outside its `when`, fails the backend. Add an entry only for
-# a skip no install step can lift.
+# tuple, the run's backends in order) -> bool, why it is expected). A skip
+# whose reason matches no entry, or matches one outside its `when`, fails the
+# backend. Add an entry only for a skip no install step can lift.
 EXPECTED_SKIPS = [
     # tests/test_docs.py: doc blocks marked `<!-- not run: ... -->`; the
     # comment says why (a download, a long run) and which test runs it.
-    (r"^<!-- not run", lambda b, k: True, "doc block marked not run"),
+    (r"^<!-- not run", lambda b, k, r: True, "doc block marked not run"),
+    # Tests marked backend_free (tests/_backend_free.py): run once, in the
+    # run's first pass.
+    *[(rf"^backend-free: runs in the {name} pass$", _backend_free_elsewhere(name),
+       f"backend_free: run in the {name} pass") for name in BACKENDS],
     # Backend-specific tests, skipped in the other backends' passes.
     *[(rf"^runs in the {name} pass$", _off(name), f"test_distribution: {name} only")
       for name in BACKENDS],
@@ -45,18 +66,18 @@ EXPECTED_SKIPS = [
     (r"^the fused torch update$", _off("torch"), "torch only"),
     (r"^torch\.compile is the torch backend's", _off("torch"), "torch only"),
     # Tests of one side of a Keras change, skipped on the other side.
-    (r"^Keras >= 3\.16(\.0)? synchronises torch fit", lambda b, k: k >= (3, 16),
+    (r"^Keras >= 3\.16(\.0)? synchronises torch fit", lambda b, k, r: k >= (3, 16),
      "the refusal of unsynchronised torch fit, gone from Keras 3.16"),
     (r"^torch fit in a process group is refused before Keras 3\.16\b",
-     lambda b, k: k < (3, 16), "synchronised torch fit, new in Keras 3.16"),
-    (r"^Keras's Orbax checkpoints came in Keras 3\.13$", lambda b, k: k < (3, 13),
+     lambda b, k, r: k < (3, 16), "synchronised torch fit, new in Keras 3.16"),
+    (r"^Keras's Orbax checkpoints came in Keras 3\.13$", lambda b, k, r: k < (3, 13),
      "keras.callbacks.OrbaxCheckpoint, new in Keras 3.13"),
     # keras-hub 0.32 declares Keras >= 3.15: under an older Keras (the
     # oldest-Keras pass of .ci/run) its import may fail inside keras_hub
     # (it does not under 3.12 on torch today). Never a module not found: that
     # is a missing install, on any Keras.
     (r"^keras_hub cannot be imported under Keras [\d.]+\w*: (?!ModuleNotFoundError)",
-     lambda b, k: k < (3, 15), "keras-hub 0.32 declares Keras >= 3.15"),
+     lambda b, k, r: k < (3, 15), "keras-hub 0.32 declares Keras >= 3.15"),
 ]
 
 
@@ -64,11 +85,12 @@ def _keras_version(text):
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def _classify(skips, backend, keras):
-    """Splits [(nodeid, reason)] into expected and unexpected skips."""
+def _classify(skips, backend, keras, run=BACKENDS):
+    """Splits [(nodeid, reason)] into expected and unexpected skips, in
+    `backend`'s pass of a run of the backends `run` (in order)."""
     expected, unexpected = [], []
     for nodeid, reason in skips:
-        ok = any(re.search(pattern, reason) and when(backend, keras)
+        ok = any(re.search(pattern, reason) and when(backend, keras, tuple(run))
                  for pattern, when, _ in EXPECTED_SKIPS)
         (expected if ok else unexpected).append((nodeid, reason))
     return expected, unexpected
@@ -92,20 +114,62 @@ class _SkipRecorder:
             json.dump({"keras": getattr(keras, "__version__", "0"), "skips": skips}, f)
 
 
-def _run_pytest(backend, pytest_args):
-    """One backend's pytest process: (exit code, skip report or None)."""
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+def _run_pytest(backend, pytest_args, backend_free_pass, output=None):
+    """One backend's pytest process: (exit code, skip report or None). Its
+    output goes to `output` (a file) if given, else to this process's."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               DIFFLR_BACKEND_FREE_PASS=backend_free_pass)
     fd, path = tempfile.mkstemp(prefix="difflr-skips-", suffix=".json")
     os.close(fd)
     try:
         code = subprocess.call(
             [sys.executable, os.path.abspath(__file__), _CHILD, path, "-q", *pytest_args],
-            env=env)
+            env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
         with open(path) as f:
             text = f.read()
         return code, json.loads(text) if text else None
     finally:
         os.remove(path)
+
+
+def _timed_pass(backend, pytest_args, backend_free_pass, output=None):
+    start = time.time()
+    code, report = _run_pytest(backend, pytest_args, backend_free_pass, output)
+    return code, report, time.time() - start
+
+
+def _passes(backends, pytest_args, jobs):
+    """Runs each backend's pass, `jobs` at a time: {backend: (exit code,
+    skip report, seconds)}. One at a time, a pass prints as it goes; side by
+    side, each pass's output is kept in a temporary file and printed whole
+    when the pass ends, so passes never interleave."""
+    first = backends[0]  # where the backend-free tests run
+    if min(jobs, len(backends)) <= 1:
+        results = {}
+        for backend in backends:
+            print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
+            results[backend] = _timed_pass(backend, pytest_args, first)
+        return results
+    print(f"\n{len(backends)} passes, {jobs} at a time (DIFFLR_JOBS={jobs}): each "
+          "pass's output follows when it ends", flush=True)
+    results, outputs = {}, {b: tempfile.TemporaryFile() for b in backends}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            running = {pool.submit(_timed_pass, b, pytest_args, first, outputs[b]): b
+                       for b in backends}
+            for done in concurrent.futures.as_completed(running):
+                backend = running[done]
+                results[backend] = done.result()
+                output = outputs[backend]
+                output.seek(0)
+                print(f"\n=== KERAS_BACKEND={backend} "
+                      f"({results[backend][2]:.0f} s) ===", flush=True)
+                sys.stdout.write(output.read().decode(errors="replace"))
+                sys.stdout.flush()
+    finally:
+        for output in outputs.values():
+            output.close()
+    return results
 
 
 def _verdict(code, report, unexpected):
@@ -134,18 +198,18 @@ def _print_unexpected(backend, unexpected):
 
 def main(pytest_args):
     backends = os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)).split(",")
+    jobs = int(os.environ.get("DIFFLR_JOBS", "2"))
+    results = _passes(backends, pytest_args, jobs)
     rows, failed = [], False
     for backend in backends:
-        print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
-        start = time.time()
-        code, report = _run_pytest(backend, pytest_args)
+        code, report, seconds = results[backend]
         keras = report["keras"] if report else "?"
         expected, unexpected = _classify(
-            report["skips"] if report else [], backend, _keras_version(keras))
+            report["skips"] if report else [], backend, _keras_version(keras),
+            backends)
         verdict = _verdict(code, report, unexpected)
         failed |= verdict != "passed"
-        rows.append((backend, keras, verdict, len(expected), unexpected,
-                     time.time() - start))
+        rows.append((backend, keras, verdict, len(expected), unexpected, seconds))
     print("\n=== summary ===")
     print(f"{'backend':<11} {'keras':<22} {'result':<26} "
           f"{'skipped: expected':>17} {'unexpected':>10} {'time':>7}")

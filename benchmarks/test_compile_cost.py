@@ -28,12 +28,14 @@ def test_the_transformer_has_the_variables_its_layout_promises():
     assert names[1:7] == [[f"transformer_layer_{k}"] for k in range(6)]
 
 
+@pytest.mark.backend_free
 def test_the_dense_layout_and_a_bad_model_name():
     assert [cc.layout("dense", n) for n in (1, 50, 2000)] == [1, 25, 1000]
     with pytest.raises(ValueError, match="'transformer' or 'dense', not 'resnet'"):
         cc.layout("resnet", 50)
 
 
+@pytest.mark.backend_free
 def test_llrd_keeps_the_lowest_group_at_one_percent_at_most_depths():
     assert cc.llrd_decay(1, 0.8) == 0.8
     assert cc.llrd_decay(12, 0.8) == 0.8  # 0.8 ** 11 = 0.086 stays above 1%
@@ -42,6 +44,7 @@ def test_llrd_keeps_the_lowest_group_at_one_percent_at_most_depths():
     assert np.float32(deep ** 1000) > 0 and np.float32(0.8 ** 1000) == 0
 
 
+@pytest.mark.backend_free
 def test_the_schedule_mirrors_each_round_and_rotates_each_pair():
     jobs = cc.schedule([10, 20], ("a", "b", "c"), 4)
     assert jobs == [(0, 10, "a"), (0, 10, "b"), (0, 10, "c"),
@@ -54,6 +57,7 @@ def test_the_schedule_mirrors_each_round_and_rotates_each_pair():
                     (3, 20, "a"), (3, 20, "c"), (3, 20, "b")]
 
 
+@pytest.mark.backend_free
 def test_ratios_pair_each_round_with_both_plain_runs():
     seconds = {"plain": [1.0, 1.0, 1.0], c.AGAIN: [4.0, 1.0, 1.0],
                "no rules": [3.0, 1.2, 0.9], "layerwise_decay + no_decay": [2.0, 2.0, 2.0]}
@@ -67,6 +71,7 @@ def test_ratios_pair_each_round_with_both_plain_runs():
 
 
 
+@pytest.mark.backend_free
 def test_a_size_keeps_the_medians_of_each_part_and_what_it_ran_with():
     def run(seconds, setup):
         return {"seconds": seconds, "setup": setup, "fit": seconds - setup,
@@ -93,6 +98,7 @@ def _results():
             "torch": {"50": {"variables": 53, "variants": variants(0.5, 1.0, 1.02, 1.0)}}}
 
 
+@pytest.mark.backend_free
 def test_the_table_lists_sizes_in_order_with_seconds_and_ratios():
     options = dict(cc.DEFAULTS["full"], rounds={"jax": 2, "torch": 3}, width=32)
     lines = cc.report(_results(), options).splitlines()
@@ -107,6 +113,7 @@ def test_the_table_lists_sizes_in_order_with_seconds_and_ratios():
         "| torch | 53 | 0.50 | 0.50 (1.000) | 0.51 (1.020) | 1.000 |"]
 
 
+@pytest.mark.backend_free
 def test_the_figure_has_a_panel_per_backend(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "curve.png"

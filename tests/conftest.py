@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import keras
 
+# Tests marked backend_free run in one pass of run_tests.py.
+from _backend_free import pytest_collection_modifyitems  # noqa: F401
+
 
 def pytest_report_header(config):
     """The device the suite runs on, in the summary's header."""

@@ -20,6 +20,7 @@ ROOT = MAIN.parent.parent
 HEAVY = {"keras", "tensorflow", "jax", "jaxlib", "torch"}
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("command", [[], ["check"], ["demo"]],
                          ids=["top", "check", "demo"])
 def test_every_help_is_light_and_at_most_100_columns(command, monkeypatch, capsys):
@@ -46,6 +47,7 @@ def test_every_help_is_light_and_at_most_100_columns(command, monkeypatch, capsy
         assert text in result.stdout
 
 
+@pytest.mark.backend_free
 def test_configured_backend_follows_keras(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
@@ -57,6 +59,7 @@ def test_configured_backend_follows_keras(tmp_path, monkeypatch):
     assert cli_main.configured_backend() == ("jax", "KERAS_BACKEND is set")
 
 
+@pytest.mark.backend_free
 def test_missing_backend_names_backend_variable_and_extra(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
@@ -74,6 +77,7 @@ def test_missing_backend_names_backend_variable_and_extra(tmp_path, monkeypatch)
     assert cli_main.backend_problem(ModuleNotFoundError("x", name="sklearn")) is None
 
 
+@pytest.mark.backend_free
 def test_main_reports_a_missing_backend_instead_of_a_traceback(monkeypatch, capsys):
     def check_without_backend(args):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
@@ -87,6 +91,7 @@ def test_main_reports_a_missing_backend_instead_of_a_traceback(monkeypatch, caps
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in err
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_unimportable_backend_module_in_a_subprocess(backend, tmp_path):
     # `python -m difflr check` in a process where the backend's module
@@ -111,6 +116,7 @@ sys.meta_path.insert(0, Missing())
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.backend_free
 def test_importing_difflr_without_its_backend_explains(tmp_path):
     # `import difflr` in a script, where the backend's module is missing.
     code = """
@@ -147,6 +153,7 @@ def test_a_package_run_with_dash_m_that_imports_difflr_gets_all_of_it(tmp_path):
     assert "has True" in result.stdout
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_tensorflow_is_quieted_only_where_it_idles(backend, monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", backend)
@@ -203,6 +210,7 @@ def _install_lines():
             for line in path.read_text().splitlines() if "pip install" in line]
 
 
+@pytest.mark.backend_free
 def test_install_instructions_work_before_the_release():
     # keras-difflr is not on the registry yet: a line that installs it by
     # name must say it is for after the release; a clone (`.`) or a wheel
@@ -216,6 +224,7 @@ def test_install_instructions_work_before_the_release():
                if path.name == "README.md")
 
 
+@pytest.mark.backend_free
 def test_the_documented_wheel_is_the_one_pip_wheel_builds():
     # `python -m pip wheel --no-deps -w dist .` names the wheel after
     # pyproject.toml's project name and version.

@@ -34,6 +34,7 @@ TINY = dict(seeds=(0,), lrs=(0.01,), epochs=2, repeats=1, batch_size=50,
 
 # Data.
 
+@pytest.mark.backend_free
 def test_halves_are_stratified_disjoint_and_exact():
     x, y = data.load()
     assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32
@@ -50,6 +51,7 @@ def test_halves_are_stratified_disjoint_and_exact():
     np.testing.assert_array_equal(again[1], finetune)
 
 
+@pytest.mark.backend_free
 def test_few_shot_draws_k_per_digit_and_tests_on_the_rest():
     _, y = data.load()
     _, finetune = data.halves(y)
@@ -66,10 +68,12 @@ def test_few_shot_draws_k_per_digit_and_tests_on_the_rest():
             data.few_shot(y, finetune, bad, seed=0)
 
 
+@pytest.mark.backend_free
 def test_task_labels_are_digit_mod_3():
     assert list(data.task_labels(range(10))) == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
 
 
+@pytest.mark.backend_free
 def test_shift_augment_against_hand_shifted_images():
     x = np.arange(1, 13, dtype="float32").reshape(1, 3, 4, 1)
     xs, ys = data.shift_augment(np.concatenate([x, x + 100]), np.array([7, 8]))
@@ -84,6 +88,7 @@ def test_shift_augment_against_hand_shifted_images():
     np.testing.assert_array_equal(xs[3, ..., 0], np.where(down > 0, down + 100, 0))
 
 
+@pytest.mark.backend_free
 def test_permute_pixels_is_one_fixed_permutation_per_seed():
     x = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
     shuffled = data.permute_pixels(x, seed=0)
@@ -103,6 +108,7 @@ def _hand_shifts(image):
     return [down, up, right, left]
 
 
+@pytest.mark.backend_free
 def test_translate_moves_each_image_one_pixel_in_a_drawn_direction():
     x = np.random.default_rng(0).random((200, 5, 6, 1)).astype("float32")
     moved = data.translate(x, seed=0)
@@ -118,6 +124,7 @@ def test_translate_moves_each_image_one_pixel_in_a_drawn_direction():
     assert not np.array_equal(data.translate(x, seed=1), moved)
 
 
+@pytest.mark.backend_free
 def test_add_noise_is_gaussian_of_the_stated_std_drawn_per_seed_and_clipped():
     x = np.full((4000, 8, 8, 1), 0.5, dtype="float32")
     noisy = data.add_noise(x, seed=0)
@@ -398,6 +405,7 @@ def _fake_results():
     return experiment.Results(config, runs, pretraining, 12.0)
 
 
+@pytest.mark.backend_free
 def test_summary_best_worst_mean_sample_std_and_paired_difference():
     summaries = report.summarize(_fake_results())
     assert [(s.source, s.arm) for s in summaries] == [
@@ -435,6 +443,7 @@ def test_summary_best_worst_mean_sample_std_and_paired_difference():
             "0.400 ± 0.000    0.001\n") in control_part
 
 
+@pytest.mark.backend_free
 def test_what_was_kept_is_taken_at_the_best_rate_for_the_new_task():
     scratch, probe, full, discr, control = report.summarize(_fake_results())
     assert list(probe.measures) == list(experiment.MEASURES)
@@ -476,6 +485,7 @@ def test_what_was_kept_is_taken_at_the_best_rate_for_the_new_task():
     assert "discr        0.01    0.200 ± 0.100    0.400 ± 0.100" in control_part
 
 
+@pytest.mark.backend_free
 def test_within_noise_is_a_95_percent_t_interval_that_contains_zero():
     # Student's t quantiles in closed form: 1 degree of freedom (Cauchy) and 2.
     t1 = math.tan(math.pi * (0.975 - 0.5))  # 12.706
@@ -497,6 +507,7 @@ def test_within_noise_is_a_95_percent_t_interval_that_contains_zero():
         assert nothing.interval is None and nothing.separated is None
 
 
+@pytest.mark.backend_free
 def test_the_spread_is_pooled_over_the_arms_compared_with_full():
     scratch, probe, full, discr, control = report.summarize(_fake_results())
     # Paired differences at the best rates, by hand (full: 0.001).
@@ -528,6 +539,7 @@ def test_the_spread_is_pooled_over_the_arms_compared_with_full():
     assert control.measures["accuracy"].separated is None  # no full there
 
 
+@pytest.mark.backend_free
 def test_the_figure_says_what_the_tables_say(tmp_path, monkeypatch):
     # Beside each arm, its paired difference from full and seeds won, grey
     # and marked when the seeds cannot separate it, bold when they can.
@@ -557,6 +569,7 @@ def test_the_figure_says_what_the_tables_say(tmp_path, monkeypatch):
     assert means == {(0.9, 1), (0.5, 2), (0.7, 3)}  # probe, full, discr
 
 
+@pytest.mark.backend_free
 def test_the_demo_page_shows_every_figure_it_describes_full_width():
     # docs/demo.md against the files on disk and the code that drew them.
     docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
@@ -579,6 +592,7 @@ def test_the_demo_page_shows_every_figure_it_describes_full_width():
     assert "- css/figures.css" in config
 
 
+@pytest.mark.backend_free
 def test_one_seed_has_no_std():
     results = _fake_results()
     results.config = dataclasses.replace(results.config, seeds=(0,))
@@ -626,6 +640,7 @@ def test_files_are_written_whole_with_the_right_columns(tmp_path):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.backend_free
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     path = tmp_path / "results.md"
     path.write_text("old")
@@ -691,6 +706,7 @@ def test_missing_dependencies_name_the_extra(monkeypatch, capsys):
         data.load()
 
 
+@pytest.mark.backend_free
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as e:
         _demo(["--help"], capsys)
@@ -704,6 +720,7 @@ def test_help_explains_every_option(capsys):
         assert name in text
 
 
+@pytest.mark.backend_free
 def test_presets():
     quick, full = experiment.QUICK, experiment.FULL
     assert (quick.seeds, quick.lrs) == ((0, 1), (0.001, 0.01, 0.1))
@@ -739,11 +756,13 @@ def test_quick_end_to_end_at_a_reduced_size(tmp_path, monkeypatch, capsys):
             f"--out {out}`") in md
 
 
+@pytest.mark.backend_free
 def test_progress_names_each_rate():
     assert experiment.progress_scores((0.001, 0.01, 0.1), (0.8124, 0.845, 0.4)) == (
         "accuracy at lr 0.001: 0.812, 0.01: 0.845, 0.1: 0.400")
 
 
+@pytest.mark.backend_free
 def test_header_says_quick_only_when_typed():
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -754,11 +773,13 @@ def test_header_says_quick_only_when_typed():
     assert "demo --quick" in cli.command_line(parser.parse_args([]))
 
 
+@pytest.mark.backend_free
 def test_majority_class_floor():
     # The figure's floor: always answering the largest class (docs/demo.md).
     assert round(data.majority_share(5, 0), 3) == 0.402
 
 
+@pytest.mark.backend_free
 def test_what_the_quick_run_can_show():
     text = cli.what_it_can_show(experiment.QUICK)
     assert "2 seeds" in text and "0.001, 0.01, 0.1" in text and "--full" in text

@@ -48,6 +48,7 @@ def test_a_keras_without_the_hooks_is_refused_by_name(monkeypatch):
         _check_with(monkeypatch, "4.1.0", drop="_apply_weight_decay")
 
 
+@pytest.mark.backend_free
 @pytest.mark.parametrize("version, expected", [
     ("3.12.0", (3, 12, 0)), ("3.15.1", (3, 15, 1)), ("3.16.0.dev2026", (3, 16, 0)),
     ("3.13.0rc1", (3, 13, 0)), ("4", (4, 0, 0)),

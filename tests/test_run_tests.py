@@ -1,11 +1,15 @@
 """run_tests.py (the README's test command) fails where a skip hides a
-missing install, and where no test ran: checked on real pytest runs of small
-test files, written here, outside the repository's tests."""
+missing install, and where no test ran; runs its passes side by side, each
+one's output whole; runs backend-free tests once: checked on real pytest runs
+of small test files, written here, outside the repository's tests. (Those
+files import no Keras: a backend's name is only a label to them.)"""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -17,15 +21,29 @@ import run_tests  # noqa: E402
 
 sys.path.remove(str(ROOT))
 
+# Nothing here runs Keras: one pass runs them (tests/_backend_free.py).
+pytestmark = pytest.mark.backend_free
 
-def _run(directory):
-    """run_tests.py on `directory`, for this pass's backend only."""
-    env = dict(os.environ, DIFFLR_BACKENDS=backend())
+
+def _run(directory, backends=None, jobs=1):
+    """run_tests.py on `directory`, for `backends` (this pass's backend
+    only by default), `jobs` passes at a time."""
+    env = dict(os.environ, DIFFLR_BACKENDS=",".join(backends or [backend()]),
+               DIFFLR_JOBS=str(jobs))
     done = subprocess.run(
         [sys.executable, str(ROOT / "run_tests.py"), str(directory),
          "-p", "no:cacheprovider"],
         env=env, capture_output=True, text=True, cwd=directory)
     return done.returncode, done.stdout + done.stderr
+
+
+def _summary_row(output, backend_name):
+    """The summary's row for `backend_name`: (result, expected skips)."""
+    summary = output[output.index("=== summary ==="):]
+    row = re.search(rf"^{backend_name} +\S+ +(.+?) +(\d+) +(\d+) +\d+ s$",
+                    summary, re.M)
+    assert row, summary
+    return row.group(1), int(row.group(2))
 
 
 def test_a_test_skipped_for_a_missing_module_fails_the_run(tmp_path):
@@ -75,4 +93,131 @@ def test_a_run_whose_skips_are_all_expected_passes(tmp_path):
 def test_skips_are_classified_by_reason_backend_and_keras(reason, backend_name,
                                                           keras, expected):
     found, unexpected = run_tests._classify([("t", reason)], backend_name, keras)
+    assert bool(found) == expected and bool(unexpected) != expected
+
+
+def test_a_missing_module_fails_every_pass_side_by_side(tmp_path):
+    (tmp_path / "test_needs.py").write_text(
+        "import pytest\n\n"
+        "def test_runs():\n    pass\n\n"
+        "def test_needs_a_dependency():\n"
+        "    pytest.importorskip('difflr_missing_dependency')\n")
+    code, output = _run(tmp_path, ["jax", "torch"], jobs=2)
+    assert code == 1, output
+    for name in ("jax", "torch"):
+        assert _summary_row(output, name)[0] == "FAILED: unexpected skips"
+    assert output.count("No module named 'difflr_missing_dependency'") >= 2
+
+
+def _passes_printed(output):
+    """{backend: its pass's output, from its header to the next}."""
+    parts = re.split(r"^=== (KERAS_BACKEND=\w+|summary)\b.*===$", output,
+                     flags=re.M)
+    return {name.split("=")[1]: text for name, text in zip(parts[1::2], parts[2::2])
+            if name != "summary"}
+
+
+def test_passes_side_by_side_pass_fail_and_print_whole(tmp_path):
+    # Each pass writes when its test started and ended; the torch pass fails.
+    (tmp_path / "test_timed.py").write_text(textwrap.dedent(f"""
+        import os, time
+
+        def test_takes_a_while():
+            name = os.environ["KERAS_BACKEND"]
+            start = time.time()
+            for _ in range(4):
+                print(f"line of {{name}}", flush=True)
+                time.sleep(0.5)
+            with open(os.path.join({str(tmp_path)!r}, name), "w") as f:
+                f.write(f"{{start}} {{time.time()}}")
+
+        def test_fails_on_torch():
+            assert os.environ["KERAS_BACKEND"] != "torch", "torch's failure"
+        """))
+    code, output = _run(tmp_path, ["jax", "torch"], jobs=2)
+    assert code == 1, output
+    assert _summary_row(output, "jax")[0] == "passed"
+    assert _summary_row(output, "torch")[0] == "FAILED (exit 1)"
+    # Side by side: each pass's test ran while the other's did.
+    (a0, a1), (b0, b1) = (map(float, (tmp_path / name).read_text().split())
+                          for name in ("jax", "torch"))
+    assert a0 < b1 and b0 < a1, output
+    # Each pass's output whole, under its own header.
+    printed = _passes_printed(output)
+    assert sorted(printed) == ["jax", "torch"], output
+    assert "torch's failure" in printed["torch"] and "1 failed, 1 passed" in printed["torch"]
+    assert "torch's failure" not in printed["jax"] and "2 passed" in printed["jax"]
+    assert output.count("=== KERAS_BACKEND=") == 2
+
+
+_BACKEND_FREE = {
+    "pytest.ini": """
+        [pytest]
+        addopts = -ra --strict-markers
+        markers =
+            backend_free: the result cannot depend on the backend
+        """,
+    # The repository's own hook (tests/conftest.py imports it the same way).
+    "conftest.py": f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from _backend_free import pytest_collection_modifyitems
+        """,
+    "test_free.py": """
+        import os
+        import pytest
+
+        def test_everywhere():
+            pass
+
+        @pytest.mark.backend_free
+        def test_once():
+            open(os.environ["KERAS_BACKEND"] + ".ran", "w").close()
+        """,
+}
+
+
+def _backend_free_tree(directory):
+    for name, text in _BACKEND_FREE.items():
+        (directory / name).write_text(textwrap.dedent(text))
+
+
+@pytest.mark.parametrize("backends,jobs", [
+    (["jax", "tensorflow", "torch"], 2),
+    (["torch", "jax"], 1),  # run first, torch's pass runs them
+    (["torch"], 2),  # the oldest-Keras pass of .ci/run: torch only
+])
+def test_backend_free_tests_run_in_the_first_pass_only(tmp_path, backends, jobs):
+    _backend_free_tree(tmp_path)
+    code, output = _run(tmp_path, backends, jobs)
+    assert code == 0, output
+    assert sorted(p.name for p in tmp_path.glob("*.ran")) == [f"{backends[0]}.ran"]
+    assert _summary_row(output, backends[0]) == ("passed", 0)
+    for name in backends[1:]:
+        assert _summary_row(output, name) == ("passed", 1)
+    reason = f"backend-free: runs in the {backends[0]} pass"
+    assert output.count(reason) == len(backends) - 1, output
+
+
+def test_plain_pytest_runs_backend_free_tests(tmp_path):
+    _backend_free_tree(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "DIFFLR_BACKEND_FREE_PASS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        env=dict(env, KERAS_BACKEND="torch"), capture_output=True, text=True,
+        cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout and (tmp_path / "torch.ran").exists()
+
+
+@pytest.mark.parametrize("backend_name,run,expected", [
+    ("torch", ("jax", "tensorflow", "torch"), True),
+    ("jax", ("jax", "tensorflow", "torch"), False),  # the pass it runs in
+    ("torch", ("torch",), False),  # jax not in the run: it ran nowhere
+    ("torch", ("tensorflow", "jax", "torch"), False),  # jax not the first
+])
+def test_a_backend_free_skip_is_expected_only_beside_the_pass_it_names(
+        backend_name, run, expected):
+    found, unexpected = run_tests._classify(
+        [("t", "backend-free: runs in the jax pass")], backend_name, (3, 15), run)
     assert bool(found) == expected and bool(unexpected) != expected

@@ -1,0 +1,24 @@
+"""The `backend_free` marker (pyproject.toml registers it): a test whose
+result cannot depend on the Keras backend runs in one pass of run_tests.py
+only, the run's first, which run_tests.py names in DIFFLR_BACKEND_FREE_PASS
+for every pass. Elsewhere it is skipped, for a reason naming that pass
+(run_tests.EXPECTED_SKIPS accepts it only where that pass was part of the
+run). Without the variable (plain `pytest`) they always run.
+
+Light on purpose (no Keras): tests/test_run_tests.py's small runs use it too.
+"""
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    # A hook of every item collected, tests/ and benchmarks/ alike.
+    where = os.environ.get("DIFFLR_BACKEND_FREE_PASS")
+    if not where or where == os.environ.get("KERAS_BACKEND"):
+        return
+    skip = pytest.mark.skip(reason=f"backend-free: runs in the {where} pass")
+    for item in items:
+        if item.get_closest_marker("backend_free"):
+            item.add_marker(skip)
