@@ -397,6 +397,32 @@ splits it as JAX reports it (`jax.monitoring`).
   model (2.2 / 3.3 / 10.8 s of XLA compilation for plain / split / slices
   at 196 BERT-shaped Adam variables, 3.7 / 5.9 / 13.1 s at 964, compiled
   alone): its reductions each read their own slice of the vectors.
+
+  A third time, the same day, on 2 quiet Xeon cores (a branch,
+  `wip/issue-25-rows`, keeps the code): the split in two levels, the
+  vectors into blocks of at least 32 rows and every block by one kernel
+  alike for all blocks, the zeros padded in once. It fixes the compilation:
+  a 24-layer Dense stack's step (48 variables, each at a multiplier of its
+  own) has 16 distinct kernels plain, 21 split, 60 with slices; compiled
+  alone, the split of 199 and 1,000 variables takes 0.3 and 1.4 s against
+  2.2 and 9.0 s for the slices. The step pays 6 kernels more than plain
+  (100 variables), but it is not the launches that cost: on the
+  optimizer-bound model of `step_time.py` (11 rounds, mirrored copies, one
+  process) plain A/A 1.017 / 0.986 / 0.995 (Adam / AdamW / SGD), slices
+  1.026 / 1.017 / 1.010, split 1.092 / 1.087 / 1.094, and for Adam the
+  split into blocks of 4, 32 or all 100 rows at once cost the same (1.12,
+  1.11, 1.11, another round of 11). About 1 us per variable per step, it
+  comes with each update reading a buffer of its own that a reduction
+  wrote. A conditional whose branch returns the slices (its predicate read
+  at run time) ran as fast as the slices in a reduced test, but XLA
+  compiles the branch's slices one kernel each (0.9 s for 100 variables).
+  The slices stay: the split saves about 8 ms of compilation once per
+  variable and costs about 1 us per variable at every step, even on this
+  CPU's clock after some 8,000 steps, and JAX's persistent cache already
+  saves the compilation of every later run. Not tried: choosing by the
+  variables' size (1 us is 9% of this step, which takes about 10 us a
+  variable, forward and backward included; for variables of 100,000
+  entries it would be little, but the 8,000 steps hold all the same).
 """
 
 COMPILE_COST = """The first call of the section above, across model sizes, so that a
@@ -421,10 +447,19 @@ those too, and `--sizes` other sizes (the default stops at 1,000 variables
 on JAX and 500 on TensorFlow, to keep the run to about 15 minutes a
 backend).
 
-Not yet measured on a quiet machine: the table below appears when
-`run_all.py` (or `--only compile_cost`) runs it. What is known so far:
-the section above's figures at 196 and 964 variables, for XLA's
-compilation of the update alone.
+- **JAX**: difflr's first call grows faster than plain's: 1.18 times
+  plain's at 53 variables, 1.45 at 197, 1.52-1.59 at 501 and 997, the
+  same with and without rules. What it adds per variable grows too, from
+  7 ms (+0.4 s at 53 variables) to 13 ms (+13 s at 997, 37.6 s against
+  24.5): XLA compiling every variable's update as a kernel of its own (the
+  section above), and its passes over a module that grows with them. The
+  persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) removes it
+  from every run after the first.
+- **TensorFlow**: within the A/A's spread at every size (0.95-1.03 against
+  0.97-1.06); the first call is TensorFlow's graph building and
+  optimization, about 95 ms a variable, the same for both.
+- **torch**: under 2 s at 2,005 variables for every variant, the ratios
+  (0.90-1.15) within the A/A's (0.91-1.09): there is no compilation.
 """
 
 ACCELERATOR = """## On an accelerator
