@@ -8,8 +8,8 @@ dependency that does not import) is a failure, not a pass. The summary gives
 each backend's skips, expected and unexpected.
 
 `DIFFLR_BACKENDS=torch,jax` picks the backends (and their order).
-`DIFFLR_JOBS` is how many passes run at a time: 2 by default (one a core on
-a 2-core machine; the suite has no timed test), 1 to run them one after the
+`DIFFLR_JOBS` is how many passes run at a time: 2 by default (1 on a
+one-core machine; the suite has no timed test), 1 to run them one after the
 other. Side by side, each pass's output goes to a temporary file and is
 printed whole, under its backend's header, when the pass ends.
 
@@ -196,9 +196,19 @@ def _print_unexpected(backend, unexpected):
             print(f"      ... and {len(nodeids) - 5} more")
 
 
-def main(pytest_args):
+def _backends():
+    """DIFFLR_BACKENDS, checked: each of `BACKENDS` at most once (a pass
+    listed twice would share its name, and so its result, with the other)."""
     backends = os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)).split(",")
-    jobs = int(os.environ.get("DIFFLR_JOBS", "2"))
+    if any(b not in BACKENDS for b in backends) or len(set(backends)) < len(backends):
+        sys.exit(f"run_tests.py: DIFFLR_BACKENDS={','.join(backends)!r}: give each of "
+                 f"{', '.join(BACKENDS)} at most once, separated by commas")
+    return backends
+
+
+def main(pytest_args):
+    backends = _backends()
+    jobs = int(os.environ.get("DIFFLR_JOBS", min(2, os.cpu_count() or 1)))
     results = _passes(backends, pytest_args, jobs)
     rows, failed = [], False
     for backend in backends:

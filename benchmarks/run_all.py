@@ -404,25 +404,29 @@ splits it as JAX reports it (`jax.monitoring`).
   alike for all blocks, the zeros padded in once. It fixes the compilation:
   a 24-layer Dense stack's step (48 variables, each at a multiplier of its
   own) has 16 distinct kernels plain, 21 split, 60 with slices; compiled
-  alone, the split of 199 and 1,000 variables takes 0.3 and 1.4 s against
-  2.2 and 9.0 s for the slices. The step pays 6 kernels more than plain
+  alone with a 64 x 64 update per variable, the split of 199 and 1,000
+  variables takes 0.3 and 1.4 s against 2.2 and 9.0 s for the slices
+  (the BERT-shaped figures above are Adam updates). The step pays 6
+  kernels more than plain
   (100 variables), but it is not the launches that cost: on the
   optimizer-bound model of `step_time.py` (11 rounds, mirrored copies, one
   process) plain A/A 1.017 / 0.986 / 0.995 (Adam / AdamW / SGD), slices
   1.026 / 1.017 / 1.010, split 1.092 / 1.087 / 1.094, and for Adam the
   split into blocks of 4, 32 or all 100 rows at once cost the same (1.12,
-  1.11, 1.11, another round of 11). About 1 us per variable per step, it
-  comes with each update reading a buffer of its own that a reduction
-  wrote. A conditional whose branch returns the slices (its predicate read
+  1.11, 1.11, another round of 11). 6-8% more than the slices, 0.7-0.9 us
+  per variable per step, it comes with each update reading a buffer of
+  its own that a reduction wrote (in a profile, XLA's execution of the
+  step's kernels waits longer; the reductions' own kernels take 1.5 us). A conditional whose branch returns the slices (its predicate read
   at run time) ran as fast as the slices in a reduced test, but XLA
   compiles the branch's slices one kernel each (0.9 s for 100 variables).
   The slices stay: the split saves about 8 ms of compilation once per
-  variable and costs about 1 us per variable at every step, even on this
-  CPU's clock after some 8,000 steps, and JAX's persistent cache already
-  saves the compilation of every later run. Not tried: choosing by the
-  variables' size (1 us is 9% of this step, which takes about 10 us a
-  variable, forward and backward included; for variables of 100,000
-  entries it would be little, but the 8,000 steps hold all the same).
+  variable and costs about 0.8 us per variable at every step, even after
+  some 10,000 steps on this CPU, and JAX's persistent cache already saves
+  the compilation of every later run. Not tried: choosing by the
+  variables' size (0.8 us is 7% of this step, which takes 10.6 us a
+  variable on this Xeon, forward and backward included; for variables of
+  100,000 entries it would be little, but the 10,000 steps hold all the
+  same).
 """
 
 COMPILE_COST = """The first call of the section above, across model sizes, so that a
@@ -455,11 +459,13 @@ backend).
   section above), and its passes over a module that grows with them. The
   persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) removes it
   from every run after the first.
-- **TensorFlow**: within the A/A's spread at every size (0.95-1.03 against
-  0.97-1.06); the first call is TensorFlow's graph building and
+- **TensorFlow**: no further from 1 than the A/A (0.95-1.03 against
+  0.97-1.06, 2 rounds); the first call is TensorFlow's graph building and
   optimization, about 95 ms a variable, the same for both.
-- **torch**: under 2 s at 2,005 variables for every variant, the ratios
-  (0.90-1.15) within the A/A's (0.91-1.09): there is no compilation.
+- **torch**: under 2 s at 2,005 variables for every variant (there is no
+  compilation), no rules within the A/A's spread (0.90-1.09 against
+  0.91-1.09); with rules up to 1.15 at 53 and 1.12 at 101 variables (under
+  10 ms), within 1.07 from 197 on.
 """
 
 ACCELERATOR = """## On an accelerator

@@ -118,18 +118,20 @@ def _passes_printed(output):
 
 
 def test_passes_side_by_side_pass_fail_and_print_whole(tmp_path):
-    # Each pass writes when its test started and ended; the torch pass fails.
-    (tmp_path / "test_timed.py").write_text(textwrap.dedent(f"""
+    # Each pass's test says it started, then waits for the other pass's: a
+    # barrier that only passes running side by side get through (not a
+    # timing: it holds however slow the machine). The torch pass fails.
+    (tmp_path / "test_barrier.py").write_text(textwrap.dedent(f"""
         import os, time
 
-        def test_takes_a_while():
+        def test_meets_the_other_pass():
             name = os.environ["KERAS_BACKEND"]
-            start = time.time()
-            for _ in range(4):
-                print(f"line of {{name}}", flush=True)
-                time.sleep(0.5)
-            with open(os.path.join({str(tmp_path)!r}, name), "w") as f:
-                f.write(f"{{start}} {{time.time()}}")
+            other = {{"jax": "torch", "torch": "jax"}}[name]
+            open(os.path.join({str(tmp_path)!r}, name), "w").close()
+            deadline = time.time() + 300
+            while not os.path.exists(os.path.join({str(tmp_path)!r}, other)):
+                assert time.time() < deadline, "the other pass never started"
+                time.sleep(0.1)
 
         def test_fails_on_torch():
             assert os.environ["KERAS_BACKEND"] != "torch", "torch's failure"
@@ -138,10 +140,6 @@ def test_passes_side_by_side_pass_fail_and_print_whole(tmp_path):
     assert code == 1, output
     assert _summary_row(output, "jax")[0] == "passed"
     assert _summary_row(output, "torch")[0] == "FAILED (exit 1)"
-    # Side by side: each pass's test ran while the other's did.
-    (a0, a1), (b0, b1) = (map(float, (tmp_path / name).read_text().split())
-                          for name in ("jax", "torch"))
-    assert a0 < b1 and b0 < a1, output
     # Each pass's output whole, under its own header.
     printed = _passes_printed(output)
     assert sorted(printed) == ["jax", "torch"], output
@@ -221,3 +219,35 @@ def test_a_backend_free_skip_is_expected_only_beside_the_pass_it_names(
     found, unexpected = run_tests._classify(
         [("t", "backend-free: runs in the jax pass")], backend_name, (3, 15), run)
     assert bool(found) == expected and bool(unexpected) != expected
+
+
+@pytest.mark.parametrize("listed", ["jax,jax", "jax,mxnet"])
+def test_a_backend_listed_twice_or_unknown_is_refused(tmp_path, listed):
+    """Two passes of one name would share one result: a failure of the
+    first could be lost behind the second."""
+    (tmp_path / "test_one.py").write_text("def test_runs():\n    pass\n")
+    env = dict(os.environ, DIFFLR_BACKENDS=listed)
+    done = subprocess.run([sys.executable, str(ROOT / "run_tests.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"DIFFLR_BACKENDS='{listed}'" in done.stderr
+    assert "=== KERAS_BACKEND" not in done.stdout
+
+
+def test_a_backend_free_test_with_a_skip_mark_fails_the_run(tmp_path):
+    """Skipped by its mark in the one pass it runs in, and as backend-free
+    in the others, it would run nowhere while every pass passed."""
+    _backend_free_tree(tmp_path)
+    (tmp_path / "test_both.py").write_text(textwrap.dedent("""
+        import os
+        import pytest
+
+        @pytest.mark.backend_free
+        @pytest.mark.skipif(os.environ["KERAS_BACKEND"] != "torch", reason="torch only")
+        def test_nowhere():
+            pass
+        """))
+    code, output = _run(tmp_path, ["jax", "torch"], jobs=1)
+    assert code == 1, output
+    assert "test_both.py::test_nowhere is marked backend_free and skip/skipif" in output
+    assert _summary_row(output, "jax")[0].startswith("FAILED")
