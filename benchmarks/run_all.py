@@ -398,35 +398,35 @@ splits it as JAX reports it (`jax.monitoring`).
   at 196 BERT-shaped Adam variables, 3.7 / 5.9 / 13.1 s at 964, compiled
   alone): its reductions each read their own slice of the vectors.
 
-  A third time, the same day, on 2 quiet Xeon cores (a branch,
-  `wip/issue-25-rows`, keeps the code): the split in two levels, the
-  vectors into blocks of at least 32 rows and every block by one kernel
-  alike for all blocks, the zeros padded in once. It fixes the compilation:
-  a 24-layer Dense stack's step (48 variables, each at a multiplier of its
-  own) has 16 distinct kernels plain, 21 split, 60 with slices; compiled
-  alone with a 64 x 64 update per variable, the split of 199 and 1,000
-  variables takes 0.3 and 1.4 s against 2.2 and 9.0 s for the slices
-  (the BERT-shaped figures above are Adam updates). The step pays 6
-  kernels more than plain
-  (100 variables), but it is not the launches that cost: on the
-  optimizer-bound model of `step_time.py` (11 rounds, mirrored copies, one
-  process) plain A/A 1.017 / 0.986 / 0.995 (Adam / AdamW / SGD), slices
-  1.026 / 1.017 / 1.010, split 1.092 / 1.087 / 1.094, and for Adam the
-  split into blocks of 4, 32 or all 100 rows at once cost the same (1.12,
-  1.11, 1.11, another round of 11). 6-8% more than the slices, 0.7-0.9 us
-  per variable per step, it comes with each update reading a buffer of
-  its own that a reduction wrote (in a profile, XLA's execution of the
-  step's kernels waits longer; the reductions' own kernels take 1.5 us). A conditional whose branch returns the slices (its predicate read
-  at run time) ran as fast as the slices in a reduced test, but XLA
-  compiles the branch's slices one kernel each (0.9 s for 100 variables).
-  The slices stay: the split saves about 8 ms of compilation once per
-  variable and costs about 0.8 us per variable at every step, even after
-  some 10,000 steps on this CPU, and JAX's persistent cache already saves
-  the compilation of every later run. Not tried: choosing by the
-  variables' size (0.8 us is 7% of this step, which takes 10.6 us a
-  variable on this Xeon, forward and backward included; for variables of
-  100,000 entries it would be little, but the 10,000 steps hold all the
-  same).
+  A third time, the same day, on 2 quiet Xeon cores (the code was on a
+  local branch, `wip/issue-25-rows`; this paragraph says enough to rebuild
+  it): the split in two levels, the vectors into blocks of at least 32
+  rows and every block by one kernel alike for all blocks, the zeros
+  padded in once. It fixes the compilation: a 24-layer Dense stack's step
+  (48 variables, each at a multiplier of its own) has 16 distinct kernels
+  plain, 21 split, 60 with slices; compiled alone with a 64 x 64 update
+  per variable, the split of 199 and 1,000 variables takes 0.3 and 1.4 s
+  against 2.2 and 9.0 s for the slices (the BERT-shaped figures above are
+  Adam updates). The step pays 6 kernels more than plain (100 variables),
+  but it is not the launches that cost: on the optimizer-bound model of
+  `step_time.py` (11 rounds, mirrored copies, one process) plain A/A 1.017
+  / 0.986 / 0.995 (Adam / AdamW / SGD), slices 1.026 / 1.017 / 1.010,
+  split 1.092 / 1.087 / 1.094, and for Adam the split into blocks of 4, 32
+  or all 100 rows at once cost the same (1.12, 1.11, 1.11, another round
+  of 11). 6-8% more than the slices, 0.7-0.9 us per variable per step, it
+  comes with each update reading a buffer of its own that a reduction
+  wrote (in a profile, XLA's execution of the step's kernels waits longer;
+  the reductions' own kernels take 1.5 us). A conditional whose branch
+  returns the slices (its predicate read at run time) ran about as fast as
+  the slices in a reduced test, but XLA compiles the branch's slices one
+  kernel each (0.9 s for 100 variables). The slices stay: the split saves
+  about 8 ms of compilation once per variable and costs about 0.8 us per
+  variable at every step, even after some 10,000 steps on this CPU, and
+  JAX's persistent cache already saves the compilation of every later run.
+  Not tried: choosing by the variables' size (0.8 us is 7% of this step,
+  which takes 10.6 us a variable on this Xeon, forward and backward
+  included; for variables of 100,000 entries it would be little, but the
+  10,000 steps hold all the same).
 """
 
 COMPILE_COST = """The first call of the section above, across model sizes, so that a
@@ -456,7 +456,7 @@ backend).
   same with and without rules. What it adds per variable grows too, from
   7 ms (+0.4 s at 53 variables) to 13 ms (+13 s at 997, 37.6 s against
   24.5): XLA compiling every variable's update as a kernel of its own (the
-  section above), and its passes over a module that grows with them. The
+  section above; why the cost a variable grows was not measured). The
   persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) removes it
   from every run after the first.
 - **TensorFlow**: no further from 1 than the A/A (0.95-1.03 against
