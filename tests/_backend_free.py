@@ -17,8 +17,8 @@ def pytest_collection_modifyitems(config, items):
     # A hook of every item collected, tests/ and benchmarks/ alike.
     for item in items:
         # Skipped by a mark in the one pass it runs in, it would run nowhere.
-        if item.get_closest_marker("backend_free") and any(
-                item.iter_markers("skip")) or any(item.iter_markers("skipif")):
+        skips = [*item.iter_markers("skip"), *item.iter_markers("skipif")]
+        if skips and item.get_closest_marker("backend_free"):
             raise pytest.UsageError(
                 f"{item.nodeid} is marked backend_free and skip/skipif: it could "
                 "be skipped in its one pass and run in none; drop one of the marks")

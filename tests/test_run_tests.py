@@ -242,6 +242,10 @@ def test_a_backend_free_test_with_a_skip_mark_fails_the_run(tmp_path):
         import os
         import pytest
 
+        @pytest.mark.skipif(os.environ["KERAS_BACKEND"] != "torch", reason="torch only")
+        def test_skip_mark_alone():  # (fine)
+            pass
+
         @pytest.mark.backend_free
         @pytest.mark.skipif(os.environ["KERAS_BACKEND"] != "torch", reason="torch only")
         def test_nowhere():
@@ -250,4 +254,5 @@ def test_a_backend_free_test_with_a_skip_mark_fails_the_run(tmp_path):
     code, output = _run(tmp_path, ["jax", "torch"], jobs=1)
     assert code == 1, output
     assert "test_both.py::test_nowhere is marked backend_free and skip/skipif" in output
+    assert "test_skip_mark_alone is marked" not in output
     assert _summary_row(output, "jax")[0].startswith("FAILED")
