@@ -35,10 +35,6 @@ def _off(name):
     return lambda backend, keras, run: backend != name
 
 
-def _only(name):
-    return lambda backend, keras, run: backend == name
-
-
 def _backend_free_elsewhere(name):
     """A backend-free test skipped in this pass: only where the pass it
     names, `name`, is the run's first (where it ran) and not this one."""

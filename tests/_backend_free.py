@@ -15,17 +15,16 @@ import pytest
 
 def pytest_collection_modifyitems(config, items):
     # A hook of every item collected, tests/ and benchmarks/ alike.
+    where = os.environ.get("DIFFLR_BACKEND_FREE_PASS")
+    elsewhere = where and where != os.environ.get("KERAS_BACKEND")
     for item in items:
+        if not item.get_closest_marker("backend_free"):
+            continue
         # Skipped by a mark in the one pass it runs in, it would run nowhere.
-        skips = [*item.iter_markers("skip"), *item.iter_markers("skipif")]
-        if skips and item.get_closest_marker("backend_free"):
+        if any(item.iter_markers("skip")) or any(item.iter_markers("skipif")):
             raise pytest.UsageError(
                 f"{item.nodeid} is marked backend_free and skip/skipif: it could "
                 "be skipped in its one pass and run in none; drop one of the marks")
-    where = os.environ.get("DIFFLR_BACKEND_FREE_PASS")
-    if not where or where == os.environ.get("KERAS_BACKEND"):
-        return
-    skip = pytest.mark.skip(reason=f"backend-free: runs in the {where} pass")
-    for item in items:
-        if item.get_closest_marker("backend_free"):
-            item.add_marker(skip)
+        if elsewhere:
+            item.add_marker(pytest.mark.skip(
+                reason=f"backend-free: runs in the {where} pass"))
