@@ -398,12 +398,13 @@ splits it as JAX reports it (`jax.monitoring`).
   at 196 BERT-shaped Adam variables, 3.7 / 5.9 / 13.1 s at 964, compiled
   alone): its reductions each read their own slice of the vectors.
 
-  A third time, the same day, on 2 quiet Xeon cores (the code was on a
-  local branch, `wip/issue-25-rows`; this paragraph says enough to rebuild
-  it): the split in two levels, the vectors into blocks of at least 32
-  rows and every block by one kernel alike for all blocks, the zeros
-  padded in once. It fixes the compilation: a 24-layer Dense stack's step
-  (48 variables, each at a multiplier of its own) has 16 distinct kernels
+  A third time, the same day, on 2 quiet Xeon cores, with throwaway
+  scripts around `benchmarks/_common.py` (the code was on a local branch,
+  `wip/issue-25-rows`; this paragraph says enough to rebuild it): the
+  split in two levels, the vectors into blocks of at least 32 rows and
+  every block by one kernel alike for all blocks, the zeros padded in
+  once. It fixes the compilation: a 24-layer Dense stack's step (48
+  variables, each at a multiplier of its own) has 16 distinct kernels
   plain, 21 split, 60 with slices; compiled alone with a 64 x 64 update
   per variable, the split of 199 and 1,000 variables takes 0.3 and 1.4 s
   against 2.2 and 9.0 s for the slices (the BERT-shaped figures above are
