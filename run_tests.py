@@ -13,14 +13,30 @@ one-core machine; the suite has no timed test), 1 to run them one after the
 other. Side by side, each pass's output goes to a temporary file and is
 printed whole, under its backend's header, when the pass ends.
 
+`DIFFLR_EXTRA_PYTHONS` adds other environments' passes (another Keras in a
+virtualenv of its own) to the same run, sharing its `DIFFLR_JOBS`: a
+space-separated list of interpreters, each optionally `=backend,...`
+(every backend by default), e.g. `.venv-newest-keras/bin/python
+.venv-oldest-keras/bin/python=torch` (what .ci/run does). One run keeps both
+cores busy to its end, where environments run one after the other would
+leave one idle while each ends on its last pass.
+
+The run's JAX passes share one persistent compilation cache, a temporary
+directory removed at the end (unless `JAX_COMPILATION_CACHE_DIR` is set):
+tests that compile the same step, in one Keras or two, compile it once
+(the JAX pass takes about a tenth less time).
+
 Tests marked `backend_free` (their result cannot depend on the backend) run
 in the run's first pass only (`DIFFLR_BACKEND_FREE_PASS`, set here for every
 pass) and are skipped in the others; plain `pytest` runs them always.
 """
 
+import collections
 import concurrent.futures
+import contextlib
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -110,16 +126,35 @@ class _SkipRecorder:
             json.dump({"keras": getattr(keras, "__version__", "0"), "skips": skips}, f)
 
 
-def _run_pytest(backend, pytest_args, backend_free_pass, output=None):
-    """One backend's pytest process: (exit code, skip report or None). Its
+class Pass(collections.namedtuple("Pass", "python backend run")):
+    """One pytest process: `backend` under the interpreter `python` (None:
+    this one), whose environment's backends are `run`, in order (the first
+    runs the backend-free tests)."""
+
+    @property
+    def label(self):
+        if self.python is None:
+            return self.backend
+        return f"{self.backend}@{_environment_name(self.python)}"
+
+
+def _environment_name(python):
+    """`.venv-x` for `.venv-x/bin/python`, else the path as given."""
+    parts = pathlib.PurePath(python).parts
+    return parts[-3] if len(parts) >= 3 and parts[-2] in ("bin", "Scripts") else python
+
+
+def _run_pytest(one, pytest_args, output=None):
+    """One pass's pytest process: (exit code, skip report or None). Its
     output goes to `output` (a file) if given, else to this process's."""
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               DIFFLR_BACKEND_FREE_PASS=backend_free_pass)
+    env = dict(os.environ, KERAS_BACKEND=one.backend, TF_CPP_MIN_LOG_LEVEL="3",
+               DIFFLR_BACKEND_FREE_PASS=one.run[0])
     fd, path = tempfile.mkstemp(prefix="difflr-skips-", suffix=".json")
     os.close(fd)
     try:
         code = subprocess.call(
-            [sys.executable, os.path.abspath(__file__), _CHILD, path, "-q", *pytest_args],
+            [one.python or sys.executable, os.path.abspath(__file__), _CHILD, path,
+             "-q", *pytest_args],
             env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
         with open(path) as f:
             text = f.read()
@@ -128,38 +163,43 @@ def _run_pytest(backend, pytest_args, backend_free_pass, output=None):
         os.remove(path)
 
 
-def _timed_pass(backend, pytest_args, backend_free_pass, output=None):
+def _timed_pass(one, pytest_args, output=None):
     start = time.time()
-    code, report = _run_pytest(backend, pytest_args, backend_free_pass, output)
+    code, report = _run_pytest(one, pytest_args, output)
     return code, report, time.time() - start
 
 
-def _passes(backends, pytest_args, jobs):
-    """Runs each backend's pass, `jobs` at a time: {backend: (exit code,
-    skip report, seconds)}. One at a time, a pass prints as it goes; side by
-    side, each pass's output is kept in a temporary file and printed whole
-    when the pass ends, so passes never interleave."""
-    first = backends[0]  # where the backend-free tests run
-    if min(jobs, len(backends)) <= 1:
+# The order passes start in, heaviest first (seconds on 2 cores: tensorflow
+# about 520, jax 460, torch 200), so that the last to start are short.
+_WEIGHT_ORDER = ("tensorflow", "jax", "torch")
+
+
+def _passes(passes, pytest_args, jobs):
+    """Runs the passes, `jobs` at a time: {pass: (exit code, skip report,
+    seconds)}. One at a time, a pass prints as it goes; side by side, each
+    pass's output is kept in a temporary file and printed whole when the
+    pass ends, so passes never interleave."""
+    if min(jobs, len(passes)) <= 1:
         results = {}
-        for backend in backends:
-            print(f"\n=== KERAS_BACKEND={backend} ===", flush=True)
-            results[backend] = _timed_pass(backend, pytest_args, first)
+        for one in passes:
+            print(f"\n=== KERAS_BACKEND={one.label} ===", flush=True)
+            results[one] = _timed_pass(one, pytest_args)
         return results
-    print(f"\n{len(backends)} passes, {jobs} at a time (DIFFLR_JOBS={jobs}): each "
+    print(f"\n{len(passes)} passes, {jobs} at a time (DIFFLR_JOBS={jobs}): each "
           "pass's output follows when it ends", flush=True)
-    results, outputs = {}, {b: tempfile.TemporaryFile() for b in backends}
+    order = sorted(passes, key=lambda one: _WEIGHT_ORDER.index(one.backend))
+    results, outputs = {}, {one: tempfile.TemporaryFile() for one in passes}
     try:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            running = {pool.submit(_timed_pass, b, pytest_args, first, outputs[b]): b
-                       for b in backends}
+            running = {pool.submit(_timed_pass, one, pytest_args, outputs[one]): one
+                       for one in order}
             for done in concurrent.futures.as_completed(running):
-                backend = running[done]
-                results[backend] = done.result()
-                output = outputs[backend]
+                one = running[done]
+                results[one] = done.result()
+                output = outputs[one]
                 output.seek(0)
-                print(f"\n=== KERAS_BACKEND={backend} "
-                      f"({results[backend][2]:.0f} s) ===", flush=True)
+                print(f"\n=== KERAS_BACKEND={one.label} "
+                      f"({results[one][2]:.0f} s) ===", flush=True)
                 sys.stdout.write(output.read().decode(errors="replace"))
                 sys.stdout.flush()
     finally:
@@ -192,39 +232,75 @@ def _print_unexpected(backend, unexpected):
             print(f"      ... and {len(nodeids) - 5} more")
 
 
-def _backends():
-    """DIFFLR_BACKENDS, checked: each of `BACKENDS` at most once (a pass
+def _backends(text, where):
+    """A list of backends, checked: each of `BACKENDS` at most once (a pass
     listed twice would share its name, and so its result, with the other)."""
-    backends = os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)).split(",")
+    backends = text.split(",")
     if any(b not in BACKENDS for b in backends) or len(set(backends)) < len(backends):
-        sys.exit(f"run_tests.py: DIFFLR_BACKENDS={','.join(backends)!r}: give each of "
+        sys.exit(f"run_tests.py: {where}={text!r}: give each of "
                  f"{', '.join(BACKENDS)} at most once, separated by commas")
-    return backends
+    return tuple(backends)
+
+
+def _all_passes():
+    """This interpreter's passes (DIFFLR_BACKENDS), then those of each of
+    DIFFLR_EXTRA_PYTHONS, checked."""
+    run = _backends(os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)),
+                    "DIFFLR_BACKENDS")
+    passes = [Pass(None, b, run) for b in run]
+    pythons = [sys.executable]
+    for entry in os.environ.get("DIFFLR_EXTRA_PYTHONS", "").split():
+        python, _, listed = entry.partition("=")
+        where = f"DIFFLR_EXTRA_PYTHONS ({python})"
+        run = _backends(listed or ",".join(BACKENDS), where)
+        # Not resolved: a virtualenv's python is a link to its base's.
+        if os.path.abspath(python) in map(os.path.abspath, pythons):
+            sys.exit(f"run_tests.py: {where}: listed twice, or this interpreter")
+        if not os.access(python, os.X_OK):
+            sys.exit(f"run_tests.py: {where}: no interpreter there")
+        pythons.append(python)
+        passes += [Pass(python, b, run) for b in run]
+    return passes
+
+
+def _jax_cache():
+    """A temporary JAX compilation cache for the run's passes, as a context
+    manager; none where the caller set one (JAX_COMPILATION_CACHE_DIR)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return contextlib.nullcontext()
+    directory = tempfile.TemporaryDirectory(prefix="difflr-jax-cache-")
+    # Every compilation is kept, however small or quick.
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=directory.name,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return directory
 
 
 def main(pytest_args):
-    backends = _backends()
+    passes = _all_passes()
     jobs = int(os.environ.get("DIFFLR_JOBS", min(2, os.cpu_count() or 1)))
-    results = _passes(backends, pytest_args, jobs)
+    with _jax_cache():
+        results = _passes(passes, pytest_args, jobs)
     rows, failed = [], False
-    for backend in backends:
-        code, report, seconds = results[backend]
+    for one in passes:
+        code, report, seconds = results[one]
         keras = report["keras"] if report else "?"
         expected, unexpected = _classify(
-            report["skips"] if report else [], backend, _keras_version(keras),
-            backends)
+            report["skips"] if report else [], one.backend, _keras_version(keras),
+            one.run)
         verdict = _verdict(code, report, unexpected)
         failed |= verdict != "passed"
-        rows.append((backend, keras, verdict, len(expected), unexpected, seconds))
+        rows.append((one.label, keras, verdict, len(expected), unexpected, seconds))
+    width = max(11, *(len(row[0]) + 1 for row in rows))
     print("\n=== summary ===")
-    print(f"{'backend':<11} {'keras':<22} {'result':<26} "
+    print(f"{'backend':<{width}} {'keras':<22} {'result':<26} "
           f"{'skipped: expected':>17} {'unexpected':>10} {'time':>7}")
-    for backend, keras, verdict, n_expected, unexpected, seconds in rows:
-        print(f"{backend:<11} {keras:<22} {verdict:<26} {n_expected:>17} "
+    for label, keras, verdict, n_expected, unexpected, seconds in rows:
+        print(f"{label:<{width}} {keras:<22} {verdict:<26} {n_expected:>17} "
               f"{len(unexpected):>10} {seconds:5.0f} s")
-    for backend, _, _, _, unexpected, _ in rows:
+    for label, _, _, _, unexpected, _ in rows:
         if unexpected:
-            _print_unexpected(backend, unexpected)
+            _print_unexpected(label, unexpected)
     return 1 if failed else 0
 
 

@@ -25,11 +25,13 @@ sys.path.remove(str(ROOT))
 pytestmark = pytest.mark.backend_free
 
 
-def _run(directory, backends=None, jobs=1):
+def _run(directory, backends=None, jobs=1, **env):
     """run_tests.py on `directory`, for `backends` (this pass's backend
-    only by default), `jobs` passes at a time."""
+    only by default), `jobs` passes at a time, with `env` added to its
+    environment (a value None: removed)."""
     env = dict(os.environ, DIFFLR_BACKENDS=",".join(backends or [backend()]),
-               DIFFLR_JOBS=str(jobs))
+               DIFFLR_JOBS=str(jobs), **env)
+    env = {k: v for k, v in env.items() if v is not None}
     done = subprocess.run(
         [sys.executable, str(ROOT / "run_tests.py"), str(directory),
          "-p", "no:cacheprovider"],
@@ -40,7 +42,7 @@ def _run(directory, backends=None, jobs=1):
 def _summary_row(output, backend_name):
     """The summary's row for `backend_name`: (result, expected skips)."""
     summary = output[output.index("=== summary ==="):]
-    row = re.search(rf"^{backend_name} +\S+ +(.+?) +(\d+) +(\d+) +\d+ s$",
+    row = re.search(rf"^{re.escape(backend_name)} +\S+ +(.+?) +(\d+) +(\d+) +\d+ s$",
                     summary, re.M)
     assert row, summary
     return row.group(1), int(row.group(2))
@@ -111,7 +113,7 @@ def test_a_missing_module_fails_every_pass_side_by_side(tmp_path):
 
 def _passes_printed(output):
     """{backend: its pass's output, from its header to the next}."""
-    parts = re.split(r"^=== (KERAS_BACKEND=\w+|summary)\b.*===$", output,
+    parts = re.split(r"^=== (KERAS_BACKEND=[\w@.-]+|summary)\b.*===$", output,
                      flags=re.M)
     return {name.split("=")[1]: text for name, text in zip(parts[1::2], parts[2::2])
             if name != "summary"}
@@ -256,3 +258,88 @@ def test_a_backend_free_test_with_a_skip_mark_fails_the_run(tmp_path):
     assert "test_both.py::test_nowhere is marked backend_free and skip/skipif" in output
     assert "test_skip_mark_alone is marked" not in output
     assert _summary_row(output, "jax")[0].startswith("FAILED")
+
+
+def _other_python(directory, name):
+    """`directory/name/bin/python`: this interpreter under another path, as
+    a virtualenv's would be (a link to its base interpreter)."""
+    python = directory / name / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    return python
+
+
+def test_extra_pythons_share_the_run_and_each_pass_counts(tmp_path):
+    """Another environment's passes join the run (.ci/run's oldest and
+    newest Keras): each pass is run by its own interpreter, printed under
+    its label, judged on its own, and the environment runs its backend-free
+    tests in its own first pass."""
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    _backend_free_tree(tests)
+    (tests / "test_where.py").write_text(textwrap.dedent("""
+        import os, sys
+
+        def test_fails_in_the_other_environment():
+            assert "/newest/" not in sys.executable, "the newest's failure"
+        """))
+    newest, oldest = (_other_python(tmp_path, name) for name in ("newest", "oldest"))
+    code, output = _run(tests, ["jax"], jobs=2,
+                        DIFFLR_EXTRA_PYTHONS=f"{newest}=tensorflow,torch {oldest}=torch")
+    assert code == 1, output
+    assert _summary_row(output, "jax") == ("passed", 0)
+    assert _summary_row(output, "tensorflow@newest")[0] == "FAILED (exit 1)"
+    assert _summary_row(output, "torch@newest") == ("FAILED (exit 1)", 1)
+    assert _summary_row(output, "torch@oldest") == ("passed", 0)
+    printed = _passes_printed(output)
+    assert sorted(printed) == ["jax", "tensorflow@newest", "torch@newest", "torch@oldest"]
+    assert "the newest's failure" in printed["torch@newest"]
+    assert "the newest's failure" not in printed["torch@oldest"]
+    # Backend-free: once in this environment (jax), once in each other one.
+    assert sorted(p.name for p in tests.glob("*.ran")) == [
+        "jax.ran", "tensorflow.ran", "torch.ran"]
+
+
+@pytest.mark.parametrize("extra,complaint", [
+    ("{this}", "listed twice, or this interpreter"),
+    ("{other} {other}=torch", "listed twice, or this interpreter"),
+    ("{missing}", "no interpreter there"),
+    ("{other}=torch,torch", "give each of jax, tensorflow, torch at most once"),
+])
+def test_an_extra_python_listed_twice_missing_or_with_bad_backends_is_refused(
+        tmp_path, extra, complaint):
+    (tmp_path / "test_one.py").write_text("def test_runs():\n    pass\n")
+    extra = extra.format(this=sys.executable, other=_other_python(tmp_path, "other"),
+                         missing=tmp_path / "missing" / "bin" / "python")
+    code, output = _run(tmp_path, DIFFLR_EXTRA_PYTHONS=extra)
+    assert code == 1, output
+    assert "DIFFLR_EXTRA_PYTHONS" in output and complaint in output
+    assert "=== KERAS_BACKEND" not in output
+
+
+def test_the_passes_share_a_jax_cache_removed_at_the_end(tmp_path):
+    (tmp_path / "test_cache.py").write_text(textwrap.dedent(f"""
+        import os
+
+        def test_sees_the_cache():
+            directory = os.environ["JAX_COMPILATION_CACHE_DIR"]
+            assert os.path.isdir(directory)
+            name = os.environ["KERAS_BACKEND"] + ".cache"
+            with open(os.path.join({str(tmp_path)!r}, name), "w") as f:
+                f.write(directory + " " + os.environ.get(
+                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "unset"))
+        """))
+    code, output = _run(tmp_path, ["jax", "torch"], jobs=2,
+                        JAX_COMPILATION_CACHE_DIR=None)
+    assert code == 0, output
+    seen = {(tmp_path / f"{name}.cache").read_text() for name in ("jax", "torch")}
+    assert len(seen) == 1, seen
+    directory, least = seen.pop().split()
+    assert least == "0" and not os.path.exists(directory)  # every compilation kept
+    # One the caller set is used as it is (and its settings), and kept.
+    (tmp_path / "mine").mkdir()
+    code, output = _run(tmp_path, ["jax"], JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"),
+                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None)
+    assert code == 0, output
+    assert (tmp_path / "jax.cache").read_text() == f"{tmp_path / 'mine'} unset"
+    assert (tmp_path / "mine").is_dir()
