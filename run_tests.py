@@ -13,6 +13,11 @@ one-core machine; the suite has no timed test), 1 to run them one after the
 other. Side by side, each pass's output goes to a temporary file and is
 printed whole, under its backend's header, when the pass ends.
 
+Tests marked `backend_free` (their result cannot depend on the backend) run
+in each environment's first pass only (`DIFFLR_BACKEND_FREE_PASS`, set here
+for every pass) and are skipped in the others; plain `pytest` runs them
+always.
+
 `DIFFLR_EXTRA_PYTHONS` adds other environments' passes (another Keras in a
 virtualenv of its own) to the same run, sharing its `DIFFLR_JOBS`: a
 space-separated list of interpreters, each optionally `=backend,...`
@@ -21,19 +26,18 @@ space-separated list of interpreters, each optionally `=backend,...`
 cores busy to its end, where environments run one after the other would
 leave one idle while each ends on its last pass.
 
-The run's JAX passes share one persistent compilation cache, a temporary
-directory removed at the end (unless `JAX_COMPILATION_CACHE_DIR` is set):
-tests that compile the same step, in one Keras or two, compile it once
-(the JAX pass takes about a tenth less time).
-
-Tests marked `backend_free` (their result cannot depend on the backend) run
-in the run's first pass only (`DIFFLR_BACKEND_FREE_PASS`, set here for every
-pass) and are skipped in the others; plain `pytest` runs them always.
+Each pass has a persistent JAX compilation cache of its own, a temporary
+directory removed when the pass ends (unless `JAX_COMPILATION_CACHE_DIR`
+is set): tests that compile the same step compile it once (the JAX pass
+takes about a tenth less time). Not one for the run: JAX writes its entries
+unlocked, and a pass beside another could read one half-written (a warning,
+an error in a test that turns warnings into errors).
 """
 
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import os
 import pathlib
@@ -126,7 +130,7 @@ class _SkipRecorder:
             json.dump({"keras": getattr(keras, "__version__", "0"), "skips": skips}, f)
 
 
-class Pass(collections.namedtuple("Pass", "python backend run")):
+class _Pass(collections.namedtuple("_Pass", "python backend run")):
     """One pytest process: `backend` under the interpreter `python` (None:
     this one), whose environment's backends are `run`, in order (the first
     runs the backend-free tests)."""
@@ -144,18 +148,37 @@ def _environment_name(python):
     return parts[-3] if len(parts) >= 3 and parts[-2] in ("bin", "Scripts") else python
 
 
+@contextlib.contextmanager
+def _jax_cache(env):
+    """Gives a pass a JAX compilation cache of its own (see above), unless
+    `env` names one."""
+    if "JAX_COMPILATION_CACHE_DIR" in env:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="difflr-jax-cache-") as cache:
+        # Every compilation kept, however small or quick.
+        env.update(JAX_COMPILATION_CACHE_DIR=cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        yield
+
+
 def _run_pytest(one, pytest_args, output=None):
     """One pass's pytest process: (exit code, skip report or None). Its
     output goes to `output` (a file) if given, else to this process's."""
     env = dict(os.environ, KERAS_BACKEND=one.backend, TF_CPP_MIN_LOG_LEVEL="3",
                DIFFLR_BACKEND_FREE_PASS=one.run[0])
+    # The run's, not the pass's: a run_tests.py that a test starts is a run
+    # of its own (and the paths may be relative to here).
+    env.pop("DIFFLR_EXTRA_PYTHONS", None)
     fd, path = tempfile.mkstemp(prefix="difflr-skips-", suffix=".json")
     os.close(fd)
     try:
-        code = subprocess.call(
-            [one.python or sys.executable, os.path.abspath(__file__), _CHILD, path,
-             "-q", *pytest_args],
-            env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+        with _jax_cache(env):
+            code = subprocess.call(
+                [one.python or sys.executable, os.path.abspath(__file__), _CHILD, path,
+                 "-q", *pytest_args],
+                env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
         with open(path) as f:
             text = f.read()
         return code, json.loads(text) if text else None
@@ -169,9 +192,33 @@ def _timed_pass(one, pytest_args, output=None):
     return code, report, time.time() - start
 
 
-# The order passes start in, heaviest first (seconds on 2 cores: tensorflow
-# about 520, jax 460, torch 200), so that the last to start are short.
-_WEIGHT_ORDER = ("tensorflow", "jax", "torch")
+# Seconds a pass takes on 2 cores beside another (2026-12-07, .ci/run): what
+# the start order is planned with.
+_ESTIMATES = {"tensorflow": 500, "jax": 390, "torch": 250}
+
+
+def _start_order(passes, jobs):
+    """The order to start `passes` in, each when one of `jobs` slots frees,
+    that ends soonest by `_ESTIMATES`: heaviest first ends 7 passes on 2
+    cores about 110 s later, the last pass alone. Tried exhaustively up to 8
+    passes (distinct orders only), heaviest first beyond."""
+    order = sorted(passes, key=lambda one: -_ESTIMATES[one.backend])
+    if len(passes) > 8:
+        return order
+
+    def end(candidate):
+        slots = [0] * jobs
+        for one in candidate:
+            slots[slots.index(min(slots))] += _ESTIMATES[one.backend]
+        return max(slots)
+
+    # Of the orders that end soonest, the nearest to heaviest first (the
+    # first of them in `permutations`), which is the safer if an estimate
+    # is off: what starts last is short.
+    distinct = {}
+    for candidate in itertools.permutations(order):
+        distinct.setdefault(tuple(_ESTIMATES[one.backend] for one in candidate), candidate)
+    return list(min(distinct.values(), key=end))
 
 
 def _passes(passes, pytest_args, jobs):
@@ -187,7 +234,7 @@ def _passes(passes, pytest_args, jobs):
         return results
     print(f"\n{len(passes)} passes, {jobs} at a time (DIFFLR_JOBS={jobs}): each "
           "pass's output follows when it ends", flush=True)
-    order = sorted(passes, key=lambda one: _WEIGHT_ORDER.index(one.backend))
+    order = _start_order(passes, jobs)
     results, outputs = {}, {one: tempfile.TemporaryFile() for one in passes}
     try:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
@@ -247,7 +294,7 @@ def _all_passes():
     DIFFLR_EXTRA_PYTHONS, checked."""
     run = _backends(os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)),
                     "DIFFLR_BACKENDS")
-    passes = [Pass(None, b, run) for b in run]
+    passes = [_Pass(None, b, run) for b in run]
     pythons = [sys.executable]
     for entry in os.environ.get("DIFFLR_EXTRA_PYTHONS", "").split():
         python, _, listed = entry.partition("=")
@@ -259,28 +306,14 @@ def _all_passes():
         if not os.access(python, os.X_OK):
             sys.exit(f"run_tests.py: {where}: no interpreter there")
         pythons.append(python)
-        passes += [Pass(python, b, run) for b in run]
+        passes += [_Pass(python, b, run) for b in run]
     return passes
-
-
-def _jax_cache():
-    """A temporary JAX compilation cache for the run's passes, as a context
-    manager; none where the caller set one (JAX_COMPILATION_CACHE_DIR)."""
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return contextlib.nullcontext()
-    directory = tempfile.TemporaryDirectory(prefix="difflr-jax-cache-")
-    # Every compilation is kept, however small or quick.
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=directory.name,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return directory
 
 
 def main(pytest_args):
     passes = _all_passes()
     jobs = int(os.environ.get("DIFFLR_JOBS", min(2, os.cpu_count() or 1)))
-    with _jax_cache():
-        results = _passes(passes, pytest_args, jobs)
+    results = _passes(passes, pytest_args, jobs)
     rows, failed = [], False
     for one in passes:
         code, report, seconds = results[one]

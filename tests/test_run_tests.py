@@ -4,6 +4,7 @@ one's output whole; runs backend-free tests once: checked on real pytest runs
 of small test files, written here, outside the repository's tests. (Those
 files import no Keras: a backend's name is only a label to them.)"""
 
+import itertools
 import os
 import pathlib
 import re
@@ -282,6 +283,10 @@ def test_extra_pythons_share_the_run_and_each_pass_counts(tmp_path):
 
         def test_fails_in_the_other_environment():
             assert "/newest/" not in sys.executable, "the newest's failure"
+
+        def test_a_pass_is_not_told_the_runs_other_pythons():
+            # A run_tests.py that a test starts is a run of its own.
+            assert "DIFFLR_EXTRA_PYTHONS" not in os.environ
         """))
     newest, oldest = (_other_python(tmp_path, name) for name in ("newest", "oldest"))
     code, output = _run(tests, ["jax"], jobs=2,
@@ -295,6 +300,7 @@ def test_extra_pythons_share_the_run_and_each_pass_counts(tmp_path):
     assert sorted(printed) == ["jax", "tensorflow@newest", "torch@newest", "torch@oldest"]
     assert "the newest's failure" in printed["torch@newest"]
     assert "the newest's failure" not in printed["torch@oldest"]
+    assert "1 failed, 2 passed" in printed["torch@newest"]
     # Backend-free: once in this environment (jax), once in each other one.
     assert sorted(p.name for p in tests.glob("*.ran")) == [
         "jax.ran", "tensorflow.ran", "torch.ran"]
@@ -317,7 +323,9 @@ def test_an_extra_python_listed_twice_missing_or_with_bad_backends_is_refused(
     assert "=== KERAS_BACKEND" not in output
 
 
-def test_the_passes_share_a_jax_cache_removed_at_the_end(tmp_path):
+def test_each_pass_has_a_jax_cache_of_its_own_removed_at_its_end(tmp_path):
+    """Of its own: JAX writes cache entries unlocked, and a pass could read
+    one that a pass beside it was writing."""
     (tmp_path / "test_cache.py").write_text(textwrap.dedent(f"""
         import os
 
@@ -332,10 +340,10 @@ def test_the_passes_share_a_jax_cache_removed_at_the_end(tmp_path):
     code, output = _run(tmp_path, ["jax", "torch"], jobs=2,
                         JAX_COMPILATION_CACHE_DIR=None)
     assert code == 0, output
-    seen = {(tmp_path / f"{name}.cache").read_text() for name in ("jax", "torch")}
-    assert len(seen) == 1, seen
-    directory, least = seen.pop().split()
-    assert least == "0" and not os.path.exists(directory)  # every compilation kept
+    seen = [(tmp_path / f"{name}.cache").read_text().split() for name in ("jax", "torch")]
+    assert seen[0][0] != seen[1][0], seen
+    for directory, least in seen:
+        assert least == "0" and not os.path.exists(directory)  # every compilation kept
     # One the caller set is used as it is (and its settings), and kept.
     (tmp_path / "mine").mkdir()
     code, output = _run(tmp_path, ["jax"], JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"),
@@ -343,3 +351,32 @@ def test_the_passes_share_a_jax_cache_removed_at_the_end(tmp_path):
     assert code == 0, output
     assert (tmp_path / "jax.cache").read_text() == f"{tmp_path / 'mine'} unset"
     assert (tmp_path / "mine").is_dir()
+
+
+def _ends(order, jobs):
+    """When the last of `order` ends, each started in turn on the slot that
+    frees first, taking `run_tests._ESTIMATES` seconds."""
+    slots = [0] * jobs
+    for one in order:
+        slots[slots.index(min(slots))] += run_tests._ESTIMATES[one.backend]
+    return max(slots)
+
+
+def test_the_passes_start_in_the_order_that_ends_soonest():
+    every = run_tests.BACKENDS
+    ci = ([run_tests._Pass(None, b, every) for b in every]
+          + [run_tests._Pass("newest", b, every) for b in every]
+          + [run_tests._Pass("oldest", "torch", ("torch",))])
+    order = run_tests._start_order(ci, 2)
+    assert sorted(order, key=repr) == sorted(ci, key=repr)
+    # The best split of the seven estimates over two cores, found by trying
+    # every split: no order can end sooner, and this one ends then.
+    seconds = [run_tests._ESTIMATES[one.backend] for one in ci]
+    best = min(max(sum(s for s, on in zip(seconds, split) if on),
+                   sum(s for s, on in zip(seconds, split) if not on))
+               for split in itertools.product([True, False], repeat=len(ci)))
+    heaviest_first = sorted(ci, key=lambda one: -run_tests._ESTIMATES[one.backend])
+    assert _ends(order, 2) == best < _ends(heaviest_first, 2)
+    # Where heaviest first is as good, it is kept.
+    assert [one.backend for one in run_tests._start_order(ci[:3], 2)] == [
+        "tensorflow", "jax", "torch"]
