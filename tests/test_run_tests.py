@@ -355,10 +355,10 @@ def test_each_pass_has_a_jax_cache_of_its_own_removed_at_its_end(tmp_path):
 
 def _ends(order, jobs):
     """When the last of `order` ends, each started in turn on the slot that
-    frees first, taking `run_tests._ESTIMATES` seconds."""
+    frees first, taking its `run_tests._estimate` seconds."""
     slots = [0] * jobs
     for one in order:
-        slots[slots.index(min(slots))] += run_tests._ESTIMATES[one.backend]
+        slots[slots.index(min(slots))] += run_tests._estimate(one)
     return max(slots)
 
 
@@ -366,16 +366,16 @@ def test_the_passes_start_in_the_order_that_ends_soonest():
     every = run_tests.BACKENDS
     ci = ([run_tests._Pass(None, b, every) for b in every]
           + [run_tests._Pass("newest", b, every) for b in every]
-          + [run_tests._Pass("oldest", "torch", ("torch",))])
+          + [run_tests._Pass(".venv-oldest-keras/bin/python", "torch", ("torch",))])
     order = run_tests._start_order(ci, 2)
     assert sorted(order, key=repr) == sorted(ci, key=repr)
     # The best split of the seven estimates over two cores, found by trying
     # every split: no order can end sooner, and this one ends then.
-    seconds = [run_tests._ESTIMATES[one.backend] for one in ci]
+    seconds = [run_tests._estimate(one) for one in ci]
     best = min(max(sum(s for s, on in zip(seconds, split) if on),
                    sum(s for s, on in zip(seconds, split) if not on))
                for split in itertools.product([True, False], repeat=len(ci)))
-    heaviest_first = sorted(ci, key=lambda one: -run_tests._ESTIMATES[one.backend])
+    heaviest_first = sorted(ci, key=lambda one: -run_tests._estimate(one))
     assert _ends(order, 2) == best < _ends(heaviest_first, 2)
     # Where heaviest first is as good, it is kept.
     assert [one.backend for one in run_tests._start_order(ci[:3], 2)] == [
