@@ -424,10 +424,26 @@ splits it as JAX reports it (`jax.monitoring`).
   about 8 ms of compilation once per variable and costs about 0.8 us per
   variable at every step, even after some 10,000 steps on this CPU, and
   JAX's persistent cache already saves the compilation of every later run.
-  Not tried: choosing by the variables' size (0.8 us is 7% of this step,
-  which takes 10.6 us a variable on this Xeon, forward and backward
-  included; for variables of 100,000 entries it would be little, but the
-  10,000 steps hold all the same).
+
+  Why it stops here, on this CPU. An update kernel alike for many
+  variables learns each one's multiplier only from data of its own, a
+  buffer, which XLA on CPU charges 0.75-1 us a step (measured three ways:
+  a separate input to the step, a reduction's row per variable, rows in
+  blocks); read from a shared vector, the multiplier makes the kernel one
+  of its own, 8-13 ms to compile. A scalar per group of variables rather
+  than per variable would pay per group, but a group's variables can share
+  one scalar only while their multipliers stay equal: `set_multipliers`
+  with a rule that splits a group (an exact path, a regex) would need one
+  scalar more, a retrace. The scale applied outside the fused update is
+  the step form: XLA fuses it back in, and kept apart it would read and
+  write each variable once more. Choosing by size cannot reach 1.10 times
+  plain on the BERT model: 124 of its 199 variables are biases and norms
+  (256 entries or fewer), and the split reached 1.09-1.10 only with a row
+  for every variable; with rows for its 75 kernels and embeddings alone,
+  about 0.9 s of the 1.5 s would remain (about 1.2 times plain). On an
+  accelerator both costs differ, and neither is measured: the choice is
+  to be made again there, with `benchmarks/accelerator.py`'s first call
+  and step time and the split rebuilt as above.
 """
 
 COMPILE_COST = """The first call of the section above, across model sizes, so that a
