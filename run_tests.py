@@ -10,8 +10,10 @@ each backend's skips, expected and unexpected.
 `DIFFLR_BACKENDS=torch,jax` picks the backends (and their order).
 `DIFFLR_JOBS` is how many passes run at a time: 2 by default (1 on a
 one-core machine; the suite has no timed test), 1 to run them one after the
-other. Side by side, each pass's output goes to a temporary file and is
-printed whole, under its backend's header, when the pass ends.
+other. Side by side, they start in the order that ends soonest by each
+pass's estimated time (`_start_order`), and each pass's output goes to a
+temporary file and is printed whole, under its backend's header, when the
+pass ends.
 
 Tests marked `backend_free` (their result cannot depend on the backend) run
 in each environment's first pass only (`DIFFLR_BACKEND_FREE_PASS`, set here
@@ -26,12 +28,13 @@ space-separated list of interpreters, each optionally `=backend,...`
 cores busy to its end, where environments run one after the other would
 leave one idle while each ends on its last pass.
 
-Each pass has a persistent JAX compilation cache of its own, a temporary
-directory removed when the pass ends (unless `JAX_COMPILATION_CACHE_DIR`
-is set): tests that compile the same step compile it once (the JAX pass
-takes about a tenth less time). Not one for the run: JAX writes its entries
-unlocked, and a pass beside another could read one half-written (a warning,
-an error in a test that turns warnings into errors).
+Each pass (its pytest process, and the processes its tests start) has a
+persistent JAX compilation cache of its own, a temporary directory removed
+when the pass ends (unless `JAX_COMPILATION_CACHE_DIR` is set): tests that
+compile the same step compile it once (the JAX pass takes about a tenth
+less time). Not one for the run: JAX writes its entries unlocked, and a
+pass beside another could read one half-written (a warning, an error in a
+test that turns warnings into errors).
 """
 
 import collections
@@ -42,6 +45,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +61,8 @@ def _off(name):
 
 def _backend_free_elsewhere(name):
     """A backend-free test skipped in this pass: only where the pass it
-    names, `name`, is the run's first (where it ran) and not this one."""
+    names, `name`, is the first of this environment's run (where it ran)
+    and not this one."""
     return lambda backend, keras, run: run[0] == name != backend
 
 
@@ -69,8 +74,8 @@ EXPECTED_SKIPS = [
     # tests/test_docs.py: doc blocks marked `<!-- not run: ... -->`; the
     # comment says why (a download, a long run) and which test runs it.
     (r"^<!-- not run", lambda b, k, r: True, "doc block marked not run"),
-    # Tests marked backend_free (tests/_backend_free.py): run once, in the
-    # run's first pass.
+    # Tests marked backend_free (tests/_backend_free.py): run once an
+    # environment, in its first pass.
     *[(rf"^backend-free: runs in the {name} pass$", _backend_free_elsewhere(name),
        f"backend_free: run in the {name} pass") for name in BACKENDS],
     # Backend-specific tests, skipped in the other backends' passes.
@@ -175,10 +180,16 @@ def _run_pytest(one, pytest_args, output=None):
     os.close(fd)
     try:
         with _jax_cache(env):
-            code = subprocess.call(
-                [one.python or sys.executable, os.path.abspath(__file__), _CHILD, path,
-                 "-q", *pytest_args],
-                env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+            try:
+                code = subprocess.call(
+                    [one.python or sys.executable, os.path.abspath(__file__), _CHILD,
+                     path, "-q", *pytest_args],
+                    env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+            except OSError as error:  # this pass fails; the others run on
+                message = f"run_tests.py: {one.python} did not start: {error}\n"
+                (output.write(message.encode()) if output
+                 else print(message, end="", flush=True))
+                return 127, None
         with open(path) as f:
             text = f.read()
         return code, json.loads(text) if text else None
@@ -302,18 +313,22 @@ def _all_passes():
     run = _backends(os.environ.get("DIFFLR_BACKENDS", ",".join(BACKENDS)),
                     "DIFFLR_BACKENDS")
     passes = [_Pass(None, b, run) for b in run]
-    pythons = [sys.executable]
     for entry in os.environ.get("DIFFLR_EXTRA_PYTHONS", "").split():
-        python, _, listed = entry.partition("=")
-        where = f"DIFFLR_EXTRA_PYTHONS ({python})"
+        given, _, listed = entry.partition("=")
+        where = f"DIFFLR_EXTRA_PYTHONS ({given})"
         run = _backends(listed or ",".join(BACKENDS), where)
-        # Not resolved: a virtualenv's python is a link to its base's.
-        if os.path.abspath(python) in map(os.path.abspath, pythons):
-            sys.exit(f"run_tests.py: {where}: listed twice, or this interpreter")
-        if not os.access(python, os.X_OK):
+        # A name is looked up as the shell would; a path is taken as given,
+        # not resolved (a virtualenv's python is a link to its base's).
+        python = shutil.which(given) if os.sep not in given else given
+        if python is None or not (os.path.isfile(python) and os.access(python, os.X_OK)):
             sys.exit(f"run_tests.py: {where}: no interpreter there")
-        pythons.append(python)
-        passes += [_Pass(python, b, run) for b in run]
+        added = [_Pass(os.path.abspath(python), b, run) for b in run]
+        if os.path.abspath(python) == os.path.abspath(sys.executable) or any(
+                one.label == other.label for one in added for other in passes):
+            sys.exit(f"run_tests.py: {where}: this interpreter, listed twice, or "
+                     f"labelled as another ({added[0].label}): give each "
+                     "environment a directory of its own name")
+        passes += added
     return passes
 
 

@@ -1,7 +1,8 @@
 """The `backend_free` marker (pyproject.toml registers it): a test whose
 result cannot depend on the Keras backend runs in one pass of run_tests.py
-only, the run's first, which run_tests.py names in DIFFLR_BACKEND_FREE_PASS
-for every pass. Elsewhere it is skipped, for a reason naming that pass
+only, its environment's first (one per Keras, where DIFFLR_EXTRA_PYTHONS
+adds others), which run_tests.py names in DIFFLR_BACKEND_FREE_PASS for
+every pass. Elsewhere it is skipped, for a reason naming that pass
 (run_tests.EXPECTED_SKIPS accepts it only where that pass was part of the
 run). Without the variable (plain `pytest`) they always run.
 

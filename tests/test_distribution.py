@@ -76,6 +76,9 @@ def _env(**extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
                JAX_PLATFORMS="cpu", GLOO_SOCKET_IFNAME="lo")
     env.pop("TF_CONFIG", None)
+    # Not the pass's JAX compilation cache (run_tests.py): workers at once
+    # would share it, and JAX writes its entries unlocked.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.update(extra)
     return env
 

@@ -262,11 +262,14 @@ def test_a_backend_free_test_with_a_skip_mark_fails_the_run(tmp_path):
 
 
 def _other_python(directory, name):
-    """`directory/name/bin/python`: this interpreter under another path, as
-    a virtualenv's would be (a link to its base interpreter)."""
+    """`directory/name/bin/python`: a script that runs this interpreter
+    (also where it is a virtualenv's: a link to one would start its base)
+    with DIFFLR_TEST_ENVIRONMENT set to `name`."""
     python = directory / name / "bin" / "python"
     python.parent.mkdir(parents=True)
-    python.symlink_to(sys.executable)
+    python.write_text(f'#!/bin/sh\nDIFFLR_TEST_ENVIRONMENT={name} exec '
+                      f'"{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     return python
 
 
@@ -279,10 +282,11 @@ def test_extra_pythons_share_the_run_and_each_pass_counts(tmp_path):
     tests.mkdir()
     _backend_free_tree(tests)
     (tests / "test_where.py").write_text(textwrap.dedent("""
-        import os, sys
+        import os
 
         def test_fails_in_the_other_environment():
-            assert "/newest/" not in sys.executable, "the newest's failure"
+            where = os.environ.get("DIFFLR_TEST_ENVIRONMENT")
+            assert where != "newest", "the newest's failure"
 
         def test_a_pass_is_not_told_the_runs_other_pythons():
             # A run_tests.py that a test starts is a run of its own.
@@ -307,16 +311,23 @@ def test_extra_pythons_share_the_run_and_each_pass_counts(tmp_path):
 
 
 @pytest.mark.parametrize("extra,complaint", [
-    ("{this}", "listed twice, or this interpreter"),
-    ("{other} {other}=torch", "listed twice, or this interpreter"),
+    ("{this}", "this interpreter, listed twice"),
+    ("{other} {other}=torch", "this interpreter, listed twice"),
+    # One environment under two names, or two environments of one name.
+    ("{other} {other}3", "labelled as another (jax@other)"),
     ("{missing}", "no interpreter there"),
+    ("{directory}", "no interpreter there"),
+    ("no-such-python-difflr", "no interpreter there"),
     ("{other}=torch,torch", "give each of jax, tensorflow, torch at most once"),
 ])
 def test_an_extra_python_listed_twice_missing_or_with_bad_backends_is_refused(
         tmp_path, extra, complaint):
     (tmp_path / "test_one.py").write_text("def test_runs():\n    pass\n")
-    extra = extra.format(this=sys.executable, other=_other_python(tmp_path, "other"),
-                         missing=tmp_path / "missing" / "bin" / "python")
+    other = _other_python(tmp_path, "other")
+    (tmp_path / "other" / "bin" / "python3").symlink_to(other)
+    extra = extra.format(this=sys.executable, other=other,
+                         missing=tmp_path / "missing" / "bin" / "python",
+                         directory=tmp_path / "other")
     code, output = _run(tmp_path, DIFFLR_EXTRA_PYTHONS=extra)
     assert code == 1, output
     assert "DIFFLR_EXTRA_PYTHONS" in output and complaint in output
@@ -338,7 +349,9 @@ def test_each_pass_has_a_jax_cache_of_its_own_removed_at_its_end(tmp_path):
                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "unset"))
         """))
     code, output = _run(tmp_path, ["jax", "torch"], jobs=2,
-                        JAX_COMPILATION_CACHE_DIR=None)
+                        JAX_COMPILATION_CACHE_DIR=None,
+                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None,
+                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=None)
     assert code == 0, output
     seen = [(tmp_path / f"{name}.cache").read_text().split() for name in ("jax", "torch")]
     assert seen[0][0] != seen[1][0], seen
@@ -380,3 +393,45 @@ def test_the_passes_start_in_the_order_that_ends_soonest():
     # Where heaviest first is as good, it is kept.
     assert [one.backend for one in run_tests._start_order(ci[:3], 2)] == [
         "tensorflow", "jax", "torch"]
+
+
+def test_side_by_side_the_passes_start_in_the_planned_order(tmp_path):
+    """Listed torch first, torch's pass starts last of three on two slots
+    (the shortest, `_start_order`): jax's and tensorflow's meet at a
+    barrier, and torch's finds one of them ended. Started first, torch's
+    would find neither (one of them waiting at the barrier for the other)."""
+    (tmp_path / "test_order.py").write_text(textwrap.dedent(f"""
+        import os, time
+
+        def here(name):
+            return os.path.join({str(tmp_path)!r}, name)
+
+        def test_order():
+            name = os.environ["KERAS_BACKEND"]
+            if name == "torch":
+                assert os.path.exists(here("jax.ended")) or os.path.exists(
+                    here("tensorflow.ended")), "torch started before a pass ended"
+                return
+            other = {{"jax": "tensorflow", "tensorflow": "jax"}}[name]
+            open(here(name + ".started"), "w").close()
+            deadline = time.time() + 300
+            while not os.path.exists(here(other + ".started")):
+                assert time.time() < deadline, "the other pass never started"
+                time.sleep(0.1)
+            open(here(name + ".ended"), "w").close()
+        """))
+    code, output = _run(tmp_path, ["torch", "jax", "tensorflow"], jobs=2)
+    assert code == 0, output
+
+
+def test_an_interpreter_that_does_not_start_fails_its_passes_only(tmp_path):
+    (tmp_path / "test_one.py").write_text("def test_runs():\n    pass\n")
+    broken = _other_python(tmp_path, "broken")
+    broken.write_text("#!/nonexistent/interpreter\n")  # exec fails: OSError
+    code, output = _run(tmp_path, ["jax"], jobs=2,
+                        DIFFLR_EXTRA_PYTHONS=f"{broken}=torch,tensorflow")
+    assert code == 1, output
+    assert _summary_row(output, "jax") == ("passed", 0)
+    for name in ("torch@broken", "tensorflow@broken"):
+        assert _summary_row(output, name)[0] == "FAILED (exit 127)"
+    assert f"{broken} did not start" in output
