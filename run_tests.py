@@ -187,8 +187,10 @@ def _run_pytest(one, pytest_args, output=None):
                     env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
             except OSError as error:  # this pass fails; the others run on
                 message = f"run_tests.py: {one.python} did not start: {error}\n"
-                (output.write(message.encode()) if output
-                 else print(message, end="", flush=True))
+                if output:
+                    output.write(message.encode())
+                else:
+                    print(message, end="", flush=True)
                 return 127, None
         with open(path) as f:
             text = f.read()
@@ -322,8 +324,9 @@ def _all_passes():
         python = shutil.which(given) if os.sep not in given else given
         if python is None or not (os.path.isfile(python) and os.access(python, os.X_OK)):
             sys.exit(f"run_tests.py: {where}: no interpreter there")
-        added = [_Pass(os.path.abspath(python), b, run) for b in run]
-        if os.path.abspath(python) == os.path.abspath(sys.executable) or any(
+        python = os.path.abspath(python)
+        added = [_Pass(python, b, run) for b in run]
+        if python == os.path.abspath(sys.executable) or any(
                 one.label == other.label for one in added for other in passes):
             sys.exit(f"run_tests.py: {where}: this interpreter, listed twice, or "
                      f"labelled as another ({added[0].label}): give each "
